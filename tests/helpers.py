@@ -1,0 +1,66 @@
+"""Helpers for tests: run code in real (spawned) processes, poll against deadlines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any, Callable
+
+PY = sys.executable
+# Children run outside the source tree, so `import shmarray` finds the installed build.
+CHILD_CWD = "/"
+
+
+def run_py(code: str, *args: str, timeout: float = 60, check: bool = True,
+           env: dict[str, str] | None = None, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh Python process (spawned, never forked); returns the result."""
+    cmd = [PY, "-c", textwrap.dedent(code), *args]
+    if user is not None:
+        import pwd
+
+        pw = pwd.getpwnam(user)
+        cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", *cmd]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
+                         cwd=CHILD_CWD)
+    if check and res.returncode != 0:
+        raise AssertionError(f"child failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def start_py(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``code`` in a fresh Python process; stdout is a pipe (line protocol)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.Popen([PY, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=full_env, cwd=CHILD_CWD)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll ``pred`` until truthy, against a deadline (crash tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def worker_write(a: Any) -> tuple[int, int]:
+    """For process pools: write our pid into a (shared) array."""
+    a[...] = os.getpid()
+    return a.__array_interface__["data"][0], os.getpid()
+
+
+def stop(child: subprocess.Popen[str]) -> tuple[str, str]:
+    """Kill ``child`` if it still runs, reap it and close its pipes; return (stdout, stderr)."""
+    if child.poll() is None:
+        child.kill()
+    out, err = child.communicate(timeout=30)
+    return out, err
