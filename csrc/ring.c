@@ -667,7 +667,9 @@ int shm_ring_recover(shm_ring_t *r, uint32_t index, uint64_t *dropped_out)
                 released = release_holds(r, index, 0, &dropped);
             if (dropped)
                 atomic_fetch_add_explicit(&r->ctrl->dropped, dropped, RLX);
-            st = SHM_RING_PART_FREE;
+            /* DEAD, not FREE: a producer waiting for space can tell "my consumers died"
+             * from "no consumer ever came" (register reuses DEAD entries). */
+            st = SHM_RING_PART_DEAD;
         } else if (role == SHM_RING_ROLE_PRODUCER) {
             if (!o2o)
                 tombs = tombstone_claims(r, index);

@@ -52,7 +52,7 @@
 #define SHM_RING_PART_FREE 0
 #define SHM_RING_PART_ACTIVE 1
 #define SHM_RING_PART_ENDED 2 /* producer that called end() */
-#define SHM_RING_PART_DEAD 3  /* producer recovered after dying without end() */
+#define SHM_RING_PART_DEAD 3  /* recovered after dying (a producer: without end()) */
 #define SHM_RING_ROLE_PRODUCER 1
 #define SHM_RING_ROLE_CONSUMER 2
 

@@ -5,6 +5,8 @@
 """
 
 from ._segment import cleanup_on_sigterm
+from .channel import Channel, Frame, Loan
+from .control import ControlQueue
 from .array import OwnerDiedWarning, SharedArray, attach, create, from_array, unlink
 from .errors import (
     AccessDeniedError,
@@ -27,6 +29,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SharedArray",
+    "Channel",
+    "Frame",
+    "Loan",
+    "ControlQueue",
     "OwnerDiedWarning",
     "create",
     "from_array",

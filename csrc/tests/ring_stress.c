@@ -607,8 +607,8 @@ static void test_recover_wq(void)
     pthread_join(tp, NULL);
     CHECK(b.sent == cap + 3, "producer did not proceed after recovery");
     shm_ring_participant_info pi;
-    CHECK(shm_ring_participant(&rec, 1, &pi) == 0 && pi.state == SHM_RING_PART_FREE,
-          "dead consumer entry not FREE");
+    CHECK(shm_ring_participant(&rec, 1, &pi) == 0 && pi.state == SHM_RING_PART_DEAD,
+          "dead consumer entry not DEAD");
     shm_ring_status_info st;
     shm_ring_status(&rec, &st);
     CHECK(st.dropped == 3, "dropped counter %llu", (unsigned long long)st.dropped);

@@ -1,0 +1,102 @@
+"""Blocking waits: spin briefly, then sleep on a named POSIX semaphore.
+
+The eventcount protocol (RING.md §3.4): a waiter *arms* (increments the ring's waiter count
+with a seq_cst fence, in C), re-checks the ring, and only then sleeps on the semaphore; the
+other side posts only when it sees the count non-zero after its own seq_cst fence. So no wake-up
+is lost, and a stream whose consumer keeps up makes no system call per frame.
+
+Every wait takes ``timeout=None | 0 | seconds`` and sleeps in slices of at most 100 ms against
+a monotonic deadline; between slices it lets Python run signal handlers and calls the
+caller's ``between`` hook (the channel probes its peers' liveness there). The GIL is released
+while spinning (inside the C call) and while sleeping (posix_ipc releases it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import posix_ipc
+
+from ._segment import Deadline
+
+SLICE = 0.1  # seconds: the longest sleep between liveness checks
+DEFAULT_SPIN_NS = 50_000  # a sleep costs ~22 us to wake here; spin about two wake latencies
+NCPU = os.cpu_count() or 1
+
+
+class Spin:
+    """An adaptive, time-based spin budget (in the spirit of PhasedBackoff).
+
+    After a wait that ended in a long sleep, the next spin is halved (down to none): frames
+    are arriving slower than a spin can bridge, and spinning only burns CPU. A wait that was
+    served within the budget restores it.
+    """
+
+    __slots__ = ("max_ns", "ns")
+
+    def __init__(self, max_ns: int | None = None) -> None:
+        self.max_ns = DEFAULT_SPIN_NS if max_ns is None else max(0, int(max_ns))
+        self.ns = self.max_ns
+
+    def crowded(self, participants: int) -> None:
+        """Skip spinning when participants outnumber CPUs: a spinner would steal the CPU
+        its peer needs to make progress."""
+        if participants > NCPU:
+            self.max_ns = 0
+            self.ns = 0
+
+    def waited(self, wait_ns: int) -> None:
+        if wait_ns <= self.max_ns:
+            self.ns = self.max_ns
+        else:
+            self.ns = self.ns // 2 if self.ns > 1000 else 0
+
+
+def wait(op: Callable[[int], int], wouldblock: int, arm: Callable[[], Any],
+         disarm: Callable[[], Any], sem: Any, timeout: float | None, spin: Spin,
+         between: Callable[[], BaseException | None], on_timeout: Callable[[bool], BaseException]) -> int:
+    """Run ``op(spin_ns)`` until it returns something other than ``wouldblock``.
+
+    ``op`` is called with a spin budget (ns) and spins inside C for at most that long. Then the
+    waiter arms, re-checks with ``op(0)``, and sleeps on ``sem`` for one slice at a time,
+    calling ``between()`` after every slice that ended without a post: it probes the peers and
+    returns the exception to raise (e.g. PeerDiedError) if ``op`` still blocks after it. Raises ``on_timeout(timeout == 0)`` when the deadline passes.
+    """
+    if timeout == 0:
+        rc = op(0)
+        if rc != wouldblock:
+            return rc
+        raise on_timeout(True)
+    deadline = Deadline(timeout)
+    t0 = time.monotonic_ns()
+    rc = op(spin.ns)
+    while rc == wouldblock:
+        arm()
+        try:
+            rc = op(0)
+            if rc != wouldblock:
+                break
+            step = deadline.slice(SLICE)
+            if step <= 0:
+                raise on_timeout(False)
+            posted = False
+            try:
+                sem.acquire(step)
+                posted = True
+            except posix_ipc.BusyError:
+                pass
+            except posix_ipc.SignalError:
+                pass  # Python runs its handlers at the next bytecode (KeyboardInterrupt...)
+        finally:
+            disarm()
+        if not posted:
+            gone = between()
+            rc = op(0)
+            if rc == wouldblock and gone is not None:
+                raise gone
+            continue
+        rc = op(0)
+    spin.waited(time.monotonic_ns() - t0)
+    return rc
