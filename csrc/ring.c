@@ -823,7 +823,17 @@ int64_t shm_ring_claim_spin(shm_ring_t *r, uint64_t spin_ns)
 
 /* Stamps meta from the schema and publishes the claimed slot.  Returns 1 when
  * a consumer waits (post the data semaphore). */
+static void publish_nowake(shm_ring_t *r, uint64_t tag);
+
 static int publish(shm_ring_t *r, uint64_t tag)
+{
+    publish_nowake(r, tag);
+    return someone_waits(r, SHM_RING_WAIT_DATA);
+}
+
+/* Writes the frame meta of the outstanding claim and publishes it (release); the caller
+ * decides when to check for waiters (after a seq_cst fence: someone_waits). */
+static void publish_nowake(shm_ring_t *r, uint64_t tag)
 {
     shm_ring_slot *s = &r->slots[r->claim_slot];
     uint64_t p = r->claim_pos;
@@ -842,7 +852,6 @@ static int publish(shm_ring_t *r, uint64_t tag)
         atomic_store_explicit(&r->ctrl->enqueue_pos, p + 1, REL);
     }
     atomic_store_explicit(&r->me->frames, ++r->frames, RLX);
-    return someone_waits(r, SHM_RING_WAIT_DATA);
 }
 
 int shm_ring_commit(shm_ring_t *r, uint64_t tag)
@@ -875,6 +884,38 @@ int64_t shm_ring_send(shm_ring_t *r, const void *src, uint64_t nbytes, uint64_t 
     if (nbytes > 0)
         memcpy(r->payload + (uint64_t)slot * r->info.slot_stride, src, (size_t)nbytes);
     return (slot << 1) | publish(r, tag);
+}
+
+int64_t shm_ring_send_many(shm_ring_t *r, const void *src, uint64_t nbytes, uint64_t count,
+                           uint64_t tag, uint64_t spin_ns)
+{
+    if (!is_producer(r) || r->claimed || r->s_nbytes < 0 || count == 0)
+        return SHM_RING_BAD_ARG;
+    if (nbytes != (uint64_t)r->s_nbytes)
+        return nbytes > r->info.slot_bytes ? SHM_RING_TOO_LARGE : SHM_RING_BAD_ARG;
+    if (nbytes > 0 && src == NULL)
+        return SHM_RING_BAD_ARG;
+    if (count > ((uint64_t)1 << 40))
+        return SHM_RING_BAD_ARG;
+    const unsigned char *in = src;
+    uint64_t sent = 0;
+    int64_t rc = 0;
+    while (sent < count) {
+        /* spin only for the first frame: afterwards, stop at the first full ring */
+        int64_t slot = sent == 0 ? shm_ring_claim_spin(r, spin_ns) : shm_ring_claim(r);
+        if (slot < 0) {
+            rc = slot;
+            break;
+        }
+        if (nbytes > 0)
+            memcpy(r->payload + (uint64_t)slot * r->info.slot_stride, in + sent * nbytes,
+                   (size_t)nbytes);
+        publish_nowake(r, tag + sent);
+        sent++;
+    }
+    if (sent == 0)
+        return rc;
+    return (int64_t)(sent << 1) | someone_waits(r, SHM_RING_WAIT_DATA);
 }
 
 int shm_ring_end(shm_ring_t *r)
@@ -938,7 +979,29 @@ static void note_schema(shm_ring_t *r, shm_ring_frame *out)
     }
 }
 
+/* Does the committed frame in slot s have the schema this handle saw last? (a peek, before
+ * taking the position: shm_ring_acquire_many's runs never mix schemas) */
+static int same_schema(const shm_ring_t *r, const shm_ring_slot *s)
+{
+    if (!r->l_valid || atomic_load_explicit(&s->dtype, RLX) != r->l_dtype ||
+        atomic_load_explicit(&s->ndim, RLX) != r->l_ndim)
+        return 0;
+    for (uint32_t k = 0; k < r->l_ndim && k < SHM_RING_MAX_NDIM; k++)
+        if (atomic_load_explicit(&s->shape[k], RLX) != r->l_shape[k])
+            return 0;
+    return 1;
+}
+
+/* want_slot < 0: take the next frame.  want_slot >= 0: take it only if it lies in that slot and
+ * has the last frame's schema, else return EMPTY without taking anything. */
+static int64_t acquire_impl(shm_ring_t *r, shm_ring_frame *out, int64_t want_slot);
+
 int64_t shm_ring_acquire(shm_ring_t *r, shm_ring_frame *out)
+{
+    return acquire_impl(r, out, -1);
+}
+
+static int64_t acquire_impl(shm_ring_t *r, shm_ring_frame *out, int64_t want_slot)
 {
     if (!is_consumer(r) || out == NULL)
         return SHM_RING_BAD_ARG;
@@ -980,6 +1043,10 @@ int64_t shm_ring_acquire(shm_ring_t *r, shm_ring_frame *out)
             break;
         }
         /* seq == p + 1: committed at p.  Take position p. */
+        if (want_slot >= 0 && ((int64_t)(p & r->mask) != want_slot || !same_schema(r, s))) {
+            rc = SHM_RING_EMPTY; /* the run ends here; nothing taken */
+            break;
+        }
         if (is_wq) {
             atomic_store_explicit(&r->me->pending_pos, p, RLX);
             if (!atomic_compare_exchange_weak_explicit(deq, &p, p + 1, AR, RLX))
@@ -1037,6 +1104,51 @@ int64_t shm_ring_acquire_spin(shm_ring_t *r, shm_ring_frame *out, uint64_t spin_
             return rc;
         }
     }
+}
+
+int64_t shm_ring_recv(shm_ring_t *r, shm_ring_frame *out, uint64_t spin_ns)
+{
+    int64_t rc = shm_ring_acquire_spin(r, out, spin_ns);
+    if (rc < 0)
+        return rc;
+    return rc | (out->schema_changed ? SHM_RING_RECV_SCHEMA : 0) |
+           (out->wake_producers ? SHM_RING_RECV_WAKE : 0);
+}
+
+int64_t shm_ring_acquire_many(shm_ring_t *r, shm_ring_frame *out, uint64_t max,
+                              uint64_t spin_ns)
+{
+    if (out == NULL || max == 0)
+        return SHM_RING_BAD_ARG;
+    int64_t rc = shm_ring_acquire_spin(r, &out[0], spin_ns);
+    if (rc < 0)
+        return rc;
+    uint32_t wake = out[0].wake_producers;
+    uint64_t n = 1;
+    /* A run: consecutive slots (no wrap) of one schema, so Python can view it as one array. */
+    while (n < max && out[n - 1].slot < r->mask) {
+        rc = acquire_impl(r, &out[n], (int64_t)out[n - 1].slot + 1);
+        wake |= out[n].wake_producers;
+        if (rc < 0)
+            break;
+        n++;
+    }
+    out[0].wake_producers = wake;
+    return (int64_t)n;
+}
+
+int64_t shm_ring_release_many(shm_ring_t *r, const shm_ring_frame *frames, uint64_t n)
+{
+    if (frames == NULL)
+        return SHM_RING_BAD_ARG;
+    int post = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        int rc = shm_ring_release(r, frames[i].slot, frames[i].pos);
+        if (rc < 0)
+            return rc;
+        post |= rc;
+    }
+    return post;
 }
 
 int shm_ring_release(shm_ring_t *r, uint32_t slot, uint64_t pos)

@@ -363,6 +363,25 @@ int64_t shm_ring_acquire(shm_ring_t *r, shm_ring_frame *out);
 int64_t shm_ring_acquire_spin(shm_ring_t *r, shm_ring_frame *out, uint64_t spin_ns);
 int shm_ring_release(shm_ring_t *r, uint32_t slot, uint64_t pos);
 
+/* Batch and packed variants (one C call for many frames; call count is the cost model). */
+#define SHM_RING_RECV_SCHEMA (1LL << 32)
+#define SHM_RING_RECV_WAKE (1LL << 33)
+/* acquire (spinning up to spin_ns) and pack the flags into the result: slot |
+ * SHM_RING_RECV_SCHEMA (schema changed) | SHM_RING_RECV_WAKE (post the space semaphore) */
+int64_t shm_ring_recv(shm_ring_t *r, shm_ring_frame *out, uint64_t spin_ns);
+/* send `count` frames of the current schema from a contiguous block (frame i tagged tag + i);
+ * spins for the first only and stops at a full ring: (sent << 1) | post, or a status */
+int64_t shm_ring_send_many(shm_ring_t *r, const void *src, uint64_t nbytes, uint64_t count,
+                           uint64_t tag, uint64_t spin_ns);
+/* acquire a run of up to max frames (spinning for the first) that lie in consecutive slots
+ * without wrapping and share the first one's schema: the count, or a status; out[0] carries
+ * the OR of every wake_producers */
+int64_t shm_ring_acquire_many(shm_ring_t *r, shm_ring_frame *out, uint64_t max,
+                              uint64_t spin_ns);
+/* release frames[0..n) (their slot and pos): 0/1 (post space?) or a status */
+int64_t shm_ring_release_many(shm_ring_t *r, const shm_ring_frame *frames, uint64_t n);
+
+
 /* Eventcount.  Waiter: arm(which); re-check (claim/acquire); sleep on the
  * semaphore; disarm(which).  Counts are advisory: a participant that dies
  * armed leaves the count high, which only costs spurious posts. */

@@ -5,7 +5,7 @@
 """
 
 from ._segment import cleanup_on_sigterm
-from .channel import Channel, Frame, Loan
+from .channel import Channel, Frame, FrameBatch, Loan
 from .control import ControlQueue
 from .array import OwnerDiedWarning, SharedArray, attach, create, from_array, unlink
 from .errors import (
@@ -31,6 +31,7 @@ __all__ = [
     "SharedArray",
     "Channel",
     "Frame",
+    "FrameBatch",
     "Loan",
     "ControlQueue",
     "OwnerDiedWarning",

@@ -45,7 +45,7 @@ from .errors import (
     WouldBlockError,
 )
 
-__all__ = ["Channel", "Frame", "Loan"]
+__all__ = ["Channel", "Frame", "FrameBatch", "Loan"]
 
 MODES = {"one-to-one": lib.SHM_RING_MODE_ONE_TO_ONE, "work-queue": lib.SHM_RING_MODE_WORK_QUEUE}
 _MODE_NAMES = {v: k for k, v in MODES.items()}
@@ -55,6 +55,12 @@ _EMPTY = lib.SHM_RING_EMPTY
 _FULL = lib.SHM_RING_FULL
 _ENDED = lib.SHM_RING_ENDED
 _HEADER = lib.SHM_SEG_RING_HEADER
+_FLAGS = lib.SHM_RING_RECV_SCHEMA  # the lowest flag bit of shm_ring_recv's result
+_SLOT_MASK = _FLAGS - 1
+_recv = lib.shm_ring_recv
+_release_c = lib.shm_ring_release
+_send_c = lib.shm_ring_send
+_from_buffer = ffi.from_buffer
 _ROLE_NAMES = {_PRODUCER: "producer", _CONSUMER: "consumer"}
 _STATE_NAMES = {lib.SHM_RING_PART_FREE: "free", lib.SHM_RING_PART_ACTIVE: "active",
                 lib.SHM_RING_PART_ENDED: "ended", lib.SHM_RING_PART_DEAD: "dead"}
@@ -207,6 +213,59 @@ class Loan:
                 pass
 
 
+_FRAME_DTYPE = np.dtype([
+    ("pos", "<u8"), ("timestamp_ns", "<u8"), ("tag", "<u8"), ("nbytes", "<u8"),
+    ("shape", "<u8", (8,)), ("slot", "<u4"), ("dtype", "<u4"), ("ndim", "<u4"),
+    ("schema_changed", "<u4"), ("wake_producers", "<u4"), ("reserved", "<u4")])
+if _FRAME_DTYPE.itemsize != ffi.sizeof("shm_ring_frame"):  # pragma: no cover
+    raise ImportError("shmarray: shm_ring_frame layout changed; rebuild the package")
+
+
+class FrameBatch:
+    """A run of frames received by one call (``Channel.recv_many``): consecutive slots of one
+    schema, seen as ONE zero-copy read-only array of shape ``(n, *frame_shape)``.
+
+    ``with ch.recv_many(256) as block:`` yields that array and releases every frame at the end
+    of the block (one C call); so do ``release()`` and collection. ``seqs``, ``tags`` and
+    ``timestamps_ns`` are arrays with one entry per frame.
+    """
+
+    __slots__ = ("_ch", "_buf", "_n", "array", "seqs", "tags", "timestamps_ns")
+
+    def __init__(self, ch: Channel, buf: Any, n: int, array: np.ndarray,  # type: ignore[type-arg]
+                 meta: np.ndarray) -> None:  # type: ignore[type-arg]
+        self._ch: Channel | None = ch
+        self._buf = buf
+        self._n = n
+        self.array = array
+        self.seqs = meta["pos"]
+        self.tags = meta["tag"]
+        self.timestamps_ns = meta["timestamp_ns"]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __enter__(self) -> np.ndarray:  # type: ignore[type-arg]
+        return self.array
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Give every slot of the run back (idempotent). Never blocks."""
+        ch = self._ch
+        if ch is not None:
+            self._ch = None
+            ch._release_many(self._buf, self._n)
+
+    def __del__(self) -> None:
+        if self._ch is not None:
+            try:
+                self.release()
+            except Exception:
+                pass
+
+
 class Channel:
     """A channel handle (see the module docstring). Handles are not thread-safe."""
 
@@ -346,6 +405,8 @@ class Channel:
         self._maxp = int(rinfo.max_participants)
         stride = int(rinfo.slot_stride)
         base = _HEADER + int(rinfo.payload_off)
+        self._stride = stride
+        self._payload_base = base
         payload = np.frombuffer(mapping.mm, np.uint8, count=self.capacity * stride, offset=base)
         self._slots = [payload[i * stride:i * stride + self.slot_bytes]
                        for i in range(self.capacity)]
@@ -373,8 +434,6 @@ class Channel:
         self._loaned = False
         self._closed = False
         self._waits = 0
-        self._sent = 0
-        self._received = 0
         self._ended = False
         self._spin = Spin(None if spin_us is None else int(spin_us * 1000))
         _open_handles.add(self)
@@ -585,14 +644,12 @@ class Channel:
             self._send_key = key
         if not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr)
-        src = ffi.from_buffer(arr)
-        r = self._r
-        rc = lib.shm_ring_send(r, src, self._send_nbytes, tag, 0)
+        src = _from_buffer(arr)
+        rc = _send_c(self._r, src, self._send_nbytes, tag, 0)
         if rc < 0:
             rc = self._send_wait(rc, src, tag, timeout)
         if rc & 1:
             self._data_sem.release()
-        self._sent += 1
 
     def _send_wait(self, rc: int, src: Any, tag: int, timeout: float | None) -> int:
         if rc != _FULL:
@@ -606,6 +663,50 @@ class Channel:
         if rc < 0:
             self._raise_rc(rc, "send")
         return rc
+
+    def send_many(self, frames: Any, timeout: float | None = None, tag: int = 0) -> None:
+        """Send each row of ``frames`` (shape ``(n, *frame_shape)``) as its own frame, in order,
+        with one C call per run of free slots; frame i carries ``tag + i``. The fast path for
+        small frames.
+
+        Blocks while the ring is full, up to ``timeout`` for each wait (as send); on a timeout
+        the frames sent so far stay sent. Raises as send()."""
+        if self._role != _PRODUCER:
+            self._register(_PRODUCER)
+        arr = _as_array(frames)
+        if arr.ndim < 1:
+            raise ValueError("send_many needs an array of frames (one per row), not a 0-d array")
+        n = int(arr.shape[0])
+        if n == 0:
+            return
+        key = (arr.dtype, arr.shape[1:])
+        if key != self._send_key:
+            self._send_nbytes = self._set_schema(arr.dtype, arr.shape[1:])
+            self._send_key = key
+        arr = np.ascontiguousarray(arr)
+        nbytes = self._send_nbytes
+        base = ffi.cast("char *", _from_buffer(arr))
+        r = self._r
+        sent = 0
+        while sent < n:
+            src = base + sent * nbytes
+            t = (tag + sent) & 0xFFFFFFFFFFFFFFFF
+            left = n - sent
+            rc = int(lib.shm_ring_send_many(r, src, nbytes, left, t, 0))
+            if rc < 0:
+                if rc != _FULL:
+                    self._raise_rc(rc, "send_many")
+                self._waits += 1
+                rc = wait(lambda spin: int(lib.shm_ring_send_many(r, src, nbytes, left, t, spin)),
+                          _FULL, lambda: lib.shm_ring_arm(r, lib.SHM_RING_WAIT_SPACE),
+                          lambda: lib.shm_ring_disarm(r, lib.SHM_RING_WAIT_SPACE),
+                          self._space_sem, timeout, self._spin, self._between_send,
+                          self._full_error)
+                if rc < 0:
+                    self._raise_rc(rc, "send_many")
+            sent += rc >> 1
+            if rc & 1:
+                self._data_sem.release()
 
     def loan(self, shape: Any, dtype: Any = np.uint8, timeout: float | None = None,
              tag: int = 0) -> Loan:
@@ -656,7 +757,6 @@ class Channel:
             self._raise_rc(rc, "commit")
         if rc:
             self._data_sem.release()
-        self._sent += 1
 
     def _abort(self) -> None:
         self._loaned = False
@@ -689,17 +789,9 @@ class Channel:
             return WouldBlockError(f"{self._what()} is empty")
         return WaitTimeoutError(f"no frame arrived on {self._what()} in time")
 
-    def _acquire(self, timeout: float | None) -> int:
-        r, f = self._r, self._f
-        self._waits += 1
-        rc = wait(lambda spin: int(lib.shm_ring_acquire_spin(r, f, spin)), _EMPTY,
-                  lambda: lib.shm_ring_arm(r, lib.SHM_RING_WAIT_DATA),
-                  lambda: lib.shm_ring_disarm(r, lib.SHM_RING_WAIT_DATA),
-                  self._data_sem, timeout, self._spin, self._between_recv, self._empty_error)
-        return rc
-
-    def _schema_views(self) -> list[Any]:
-        f = self._f
+    def _schema_views(self, f: Any = None) -> list[Any]:
+        if f is None:
+            f = self._f
         shape = tuple(int(f.shape[i]) for i in range(int(f.ndim)))
         key = (int(f.dtype), shape)
         views = self._schemas.get(key)
@@ -729,24 +821,95 @@ class Channel:
         if self._role != _CONSUMER:
             self._register(_CONSUMER)
         f = self._f
-        rc = lib.shm_ring_acquire(self._r, f)
-        if rc < 0:
-            if rc == _EMPTY:
-                rc = self._acquire(timeout)
-            if rc < 0:
-                if f.wake_producers:
-                    self._space_sem.release()
-                self._raise_rc(rc, "recv")
-        if f.wake_producers:
-            self._space_sem.release()
-        if f.schema_changed:
-            self._schema_views()
+        rc = _recv(self._r, f, 0)
+        if not 0 <= rc < _FLAGS:
+            rc = self._recv_slow(rc, timeout)
         view = self._views[rc]
         if view is None:
             view = self._view(rc)
         self._held += 1
-        self._received += 1
         return Frame(self, rc, f.pos, f.timestamp_ns, f.tag, view)
+
+    def _recv_slow(self, rc: int, timeout: float | None) -> int:
+        """recv() off the fast path: wait, post, switch schema, or raise. Returns the slot."""
+        f = self._f
+        if rc == _EMPTY:
+            if timeout == 0:
+                raise self._empty_error(True)
+            r = self._r
+            self._waits += 1
+            rc = wait(lambda spin: int(_recv(r, f, spin)), _EMPTY,
+                      lambda: lib.shm_ring_arm(r, lib.SHM_RING_WAIT_DATA),
+                      lambda: lib.shm_ring_disarm(r, lib.SHM_RING_WAIT_DATA),
+                      self._data_sem, timeout, self._spin, self._between_recv,
+                      self._empty_error)
+        if rc < 0:
+            if f.wake_producers:
+                self._space_sem.release()
+            self._raise_rc(rc, "recv")
+        if rc & lib.SHM_RING_RECV_WAKE:
+            self._space_sem.release()
+        if rc & _FLAGS:
+            self._schema_views()
+        return rc & _SLOT_MASK
+
+    def recv_many(self, max_frames: int = 64, timeout: float | None = None) -> FrameBatch:
+        """Receive up to ``max_frames`` frames in one call, as a FrameBatch: one zero-copy
+        array ``(n, *frame_shape)`` over consecutive slots. The fast path for small frames.
+
+        Waits (as recv()) only for the first frame; then takes what is already committed, up
+        to the ring's wrap point or a change of schema (so n may be less than asked). Raises as
+        recv()."""
+        if self._role != _CONSUMER:
+            self._register(_CONSUMER)
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, not {max_frames}")
+        k = min(max_frames, self.capacity - 1 - self._held)
+        if k < 1:
+            self._raise_rc(lib.SHM_RING_LIMIT, "recv_many")
+        r = self._r
+        buf = ffi.new("shm_ring_frame[]", k)
+        n = int(lib.shm_ring_acquire_many(r, buf, k, 0))
+        if n == _EMPTY and timeout != 0:
+            self._waits += 1
+            n = wait(lambda spin: int(lib.shm_ring_acquire_many(r, buf, k, spin)), _EMPTY,
+                     lambda: lib.shm_ring_arm(r, lib.SHM_RING_WAIT_DATA),
+                     lambda: lib.shm_ring_disarm(r, lib.SHM_RING_WAIT_DATA),
+                     self._data_sem, timeout, self._spin, self._between_recv,
+                     self._empty_error)
+        f0 = buf[0]
+        if f0.wake_producers:
+            self._space_sem.release()
+        if n < 0:
+            if n == _EMPTY:
+                raise self._empty_error(True)
+            self._raise_rc(n, "recv_many")
+        self._held += n
+        if f0.schema_changed:
+            self._schema_views(f0)  # keep recv()'s view cache in step with the C side
+        dt = _DTYPE_OF[int(f0.dtype)]
+        shape = tuple(int(f0.shape[i]) for i in range(int(f0.ndim)))
+        inner = []
+        step = dt.itemsize
+        for dim in reversed(shape):
+            inner.append(step)
+            step *= dim
+        block = np.ndarray((n, *shape), dt, buffer=self._mapping.mm,
+                           offset=self._payload_base + int(f0.slot) * self._stride,
+                           strides=(self._stride, *reversed(inner)))
+        block.flags.writeable = False
+        meta = np.frombuffer(ffi.buffer(buf, n * _FRAME_DTYPE.itemsize), _FRAME_DTYPE)
+        return FrameBatch(self, buf, n, block, meta)
+
+    def _release_many(self, buf: Any, n: int) -> None:
+        if self._closed:
+            return
+        rc = lib.shm_ring_release_many(self._r, buf, n)
+        if rc < 0:
+            self._raise_rc(rc, "release")
+        self._held -= n
+        if rc:
+            self._space_sem.release()
 
     def try_recv(self) -> Frame | None:
         """recv() that never waits: the next frame, or None when the ring is empty. Raises
@@ -787,7 +950,7 @@ class Channel:
     def _release(self, slot: int, pos: int) -> None:
         if self._closed:
             return
-        rc = lib.shm_ring_release(self._r, slot, pos)
+        rc = _release_c(self._r, slot, pos)
         self._held -= 1
         if rc:
             if rc < 0:
@@ -835,12 +998,14 @@ class Channel:
             peers.append({"index": i, "role": _ROLE_NAMES.get(int(p.role), "?"),
                           "pid": int(p.pid), "state": state, "alive": bool(alive),
                           "frames": int(p.frames), "self": i == self._index})
+        mine = next((p["frames"] for p in peers if p["self"]), 0)
         enq, deq = int(st.enqueue_pos), int(st.dequeue_pos)
         return {
             "name": self.name, "mode": self.mode, "capacity": self.capacity,
             "slot_bytes": self.slot_bytes,
             "role": _ROLE_NAMES.get(self._role, "none"),
-            "sent": self._sent, "received": self._received, "waits": self._waits,
+            "sent": mine if self._role == _PRODUCER else 0,
+            "received": mine if self._role == _CONSUMER else 0, "waits": self._waits,
             "held": self._held,
             "committed": enq, "consumed": deq, "fill": max(0, min(enq - deq, self.capacity)),
             "dropped": int(st.dropped), "ended": bool(st.eos), "peers": peers,

@@ -98,17 +98,19 @@ def test_large_sparse_segment(name: str) -> None:
 def test_attach_waits_for_create(name: str) -> None:
     child = start_py(f"""
         import shmarray, time
+        print("waiting", flush=True)
         t0 = time.monotonic()
         b = shmarray.attach({name!r}, timeout=20)
         print(int(b[0]), round(time.monotonic() - t0, 2), flush=True)
     """)
+    assert child.stdout is not None and child.stdout.readline().strip() == "waiting"
     time.sleep(0.8)
     a = shmarray.create(name, shape=(1,), dtype="i4")
     a[0] = 11  # the child may read 0 or 11: the segment is zero-filled until this store
     try:
         out, err = child.communicate(timeout=30)
         assert child.returncode == 0, err
-        value, waited = out.split()
+        value, waited = out.split()[-2:]
         assert value in ("0", "11") and float(waited) >= 0.5
     finally:
         a.unlink()

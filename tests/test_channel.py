@@ -554,3 +554,68 @@ def test_no_leak_after_sigkill_and_clean(name: str) -> None:
             pass
     finally:
         stop(child)
+
+
+def test_send_many_recv_many_runs(name: str) -> None:
+    for mode in ("one-to-one", "work-queue"):
+        with shmarray.Channel.create(f"{name}{mode[0]}", slot_bytes=64, capacity=16,
+                                     mode=mode) as tx:
+            rx = shmarray.Channel.open(tx.name)
+            block = np.arange(40, dtype=np.int32).reshape(10, 4)
+            tx.send_many(block, tag=100)
+            with rx.recv_many(100) as got:
+                assert got.shape == (10, 4) and (got == block).all()
+                assert not got.flags.writeable
+            tx.send_many(block)  # wraps at slot 16: two runs
+            b1 = rx.recv_many(100)
+            b2 = rx.recv_many(100)
+            assert (len(b1), len(b2)) == (6, 4)
+            assert list(b1.seqs) == list(range(10, 16)) and list(b2.seqs) == list(range(16, 20))
+            assert list(b1.tags) == list(range(6))
+            assert (np.concatenate([b1.array, b2.array]) == block).all()
+            b1.release()
+            b2.release()
+            # a run stops at a change of schema; recv() stays in step with the view cache
+            tx.send(np.zeros(3))
+            tx.send(np.ones((2, 2), np.float32))
+            tx.send(np.full((2, 2), 2, np.float32))
+            one = rx.recv_many(10)
+            assert one.array.shape == (1, 3)
+            one.release()
+            with rx.recv() as v:
+                assert v.shape == (2, 2) and (v == 1).all()
+            with rx.recv() as v:
+                assert (v == 2).all()
+            assert rx.try_recv() is None
+            rx.close()
+
+
+def test_send_many_blocks_and_streams_across_processes(name: str) -> None:
+    n = 5000
+    with shmarray.Channel.create(name, slot_bytes=64, capacity=64) as tx:
+        child = start_py(f"""
+            import shmarray, numpy as np
+            ch = shmarray.Channel.open({name!r}, timeout=10)
+            total, count, last = 0, 0, -1
+            while True:
+                try:
+                    batch = ch.recv_many(32, timeout=30)
+                except shmarray.StreamEnded:
+                    break
+                with batch as block:
+                    assert batch.seqs[0] == last + 1
+                    last = int(batch.seqs[-1])
+                    total += int(block[:, 0].sum())
+                    count += len(batch)
+            print(count, total, flush=True)
+            ch.close()
+        """)
+        try:
+            frames = np.arange(n * 8, dtype=np.int64).reshape(n, 8)
+            for chunk in np.array_split(frames, 7):
+                tx.send_many(chunk, timeout=30)
+            tx.end()
+            out, err = child.communicate(timeout=60)
+            assert out.split() == [str(n), str(int(frames[:, 0].sum()))], err
+        finally:
+            stop(child)
