@@ -22,7 +22,8 @@ _NAME_RE = re.compile(NAME_RULE + r"\Z")
 def validate(name: object, what: str = "name") -> str:
     """Return ``name`` if it follows the rule, else raise InvalidNameError showing the rule."""
     if not isinstance(name, str):
-        raise InvalidNameError(f"{what} must be a str following the rule {NAME_RULE}, not {type(name).__name__}")
+        raise InvalidNameError(f"{what} must be a str following the rule {NAME_RULE}, "
+                               f"not {type(name).__name__}")
     if not _NAME_RE.match(name):
         raise InvalidNameError(
             f"invalid {what} {name!r}: a name is 1-100 characters of letters, digits, '_' and "

@@ -84,7 +84,8 @@ def check_space(name: str, size: int) -> None:
     if size > avail:
         raise LimitError(
             f"segment {name!r} needs {size:,} bytes but /dev/shm has {avail:,} free "
-            "('df -h /dev/shm'; in a container raise --shm-size; 'shmarray clean' removes leftovers)"
+            "('df -h /dev/shm'; in a container raise --shm-size; 'shmarray clean' removes "
+            "leftovers)"
         )
 
 

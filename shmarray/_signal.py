@@ -56,13 +56,15 @@ class Spin:
 
 def wait(op: Callable[[int], int], wouldblock: int, arm: Callable[[], Any],
          disarm: Callable[[], Any], sem: Any, timeout: float | None, spin: Spin,
-         between: Callable[[], BaseException | None], on_timeout: Callable[[bool], BaseException]) -> int:
+         between: Callable[[], BaseException | None],
+         on_timeout: Callable[[bool], BaseException]) -> int:
     """Run ``op(spin_ns)`` until it returns something other than ``wouldblock``.
 
     ``op`` is called with a spin budget (ns) and spins inside C for at most that long. Then the
     waiter arms, re-checks with ``op(0)``, and sleeps on ``sem`` for one slice at a time,
     calling ``between()`` after every slice that ended without a post: it probes the peers and
-    returns the exception to raise (e.g. PeerDiedError) if ``op`` still blocks after it. Raises ``on_timeout(timeout == 0)`` when the deadline passes.
+    returns the exception to raise (e.g. PeerDiedError) if ``op`` still blocks after it.
+    Raises ``on_timeout(timeout == 0)`` when the deadline passes.
     """
     if timeout == 0:
         rc = op(0)

@@ -285,7 +285,8 @@ def _rebuild(name: str, nonce: int, offset: int, shape: tuple[int, ...],
 def _as_array(mapping: _segment.Mapping, shm: _Shm, dtype: np.dtype[Any], shape: tuple[int, ...],
               order: str) -> SharedArray:
     arr = np.ndarray.__new__(SharedArray, shape, dtype, buffer=mapping.mm,
-                             offset=shm.data_offset, order=order)  # type: ignore[call-overload]
+                             offset=shm.data_offset,
+                             order="F" if order == "F" else "C")
     arr._shm = shm
     return arr
 
@@ -293,12 +294,12 @@ def _as_array(mapping: _segment.Mapping, shm: _Shm, dtype: np.dtype[Any], shape:
 def _normalize_shape(shape: Any) -> tuple[int, ...]:
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
-    shape = tuple(int(s) for s in shape)
-    if any(s < 0 for s in shape):
-        raise ValueError(f"negative dimension in shape {shape}")
-    if len(shape) > lib.SHM_SEG_MAXDIMS:
-        raise ValueError(f"{len(shape)} dimensions; the limit is {lib.SHM_SEG_MAXDIMS}")
-    return shape
+    out = tuple(int(s) for s in shape)
+    if any(s < 0 for s in out):
+        raise ValueError(f"negative dimension in shape {out}")
+    if len(out) > lib.SHM_SEG_MAXDIMS:
+        raise ValueError(f"{len(out)} dimensions; the limit is {lib.SHM_SEG_MAXDIMS}")
+    return out
 
 
 def create(name: str | None = None, shape: Any = (), dtype: Any = float, *, order: str = "C",

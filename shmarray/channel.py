@@ -340,7 +340,8 @@ class Channel:
             created: list[str] = []
             try:
                 for osname in objects[:2]:
-                    posix_ipc.Semaphore(osname, posix_ipc.O_CREX, mode=perm, initial_value=0).close()
+                    posix_ipc.Semaphore(osname, posix_ipc.O_CREX, mode=perm,
+                                        initial_value=0).close()
                     created.append(osname)
                 ControlQueue(objects[2], name, create=True, mode=perm,
                              max_messages=control_messages,
@@ -457,7 +458,7 @@ class Channel:
                 f"either producer or consumer: open another handle "
                 f"(shmarray.Channel.open({self.name!r})) for the other role")
         r = self._r
-        for attempt in range(4):
+        for _attempt in range(4):
             # Never-used entries first: a dead participant's DEAD record is how its peers learn
             # that it died, so it is reused only when no free entry is left.
             free = [i for i in range(self._maxp)
@@ -697,7 +698,11 @@ class Channel:
                 if rc != _FULL:
                     self._raise_rc(rc, "send_many")
                 self._waits += 1
-                rc = wait(lambda spin: int(lib.shm_ring_send_many(r, src, nbytes, left, t, spin)),
+
+                def op(spin: int, src: Any = src, left: int = left, t: int = t) -> int:
+                    return int(lib.shm_ring_send_many(r, src, nbytes, left, t, spin))
+
+                rc = wait(op,
                           _FULL, lambda: lib.shm_ring_arm(r, lib.SHM_RING_WAIT_SPACE),
                           lambda: lib.shm_ring_disarm(r, lib.SHM_RING_WAIT_SPACE),
                           self._space_sem, timeout, self._spin, self._between_send,
@@ -721,7 +726,10 @@ class Channel:
             raise LimitError(f"{self._what()}: this handle already has a loan outstanding; "
                              "commit or abort it first (one loan at a time per handle)")
         dt = np.dtype(dtype)
-        shp = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(s) for s in shape)
+        if isinstance(shape, (int, np.integer)):
+            shp: tuple[int, ...] = (int(shape),)
+        else:
+            shp = tuple(int(s) for s in shape)
         key = (dt.str, shp)
         views = self._loan_views.get(key)
         if views is None:
@@ -851,7 +859,7 @@ class Channel:
             self._space_sem.release()
         if rc & _FLAGS:
             self._schema_views()
-        return rc & _SLOT_MASK
+        return int(rc & _SLOT_MASK)
 
     def recv_many(self, max_frames: int = 64, timeout: float | None = None) -> FrameBatch:
         """Receive up to ``max_frames`` frames in one call, as a FrameBatch: one zero-copy

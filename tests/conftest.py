@@ -14,7 +14,7 @@ SHM = "/dev/shm"
 
 def _ours() -> set[str]:
     # Filtered to our prefixes: multiprocessing's own sem.mp-* must never make this flaky.
-    return {f for f in os.listdir(SHM) if f.startswith("shmarray.") or f.startswith("sem.shmarray.")}
+    return {f for f in os.listdir(SHM) if f.startswith(("shmarray.", "sem.shmarray."))}
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,8 @@ CHILD_CWD = "/"
 
 
 def run_py(code: str, *args: str, timeout: float = 60, check: bool = True,
-           env: dict[str, str] | None = None, user: str | None = None) -> subprocess.CompletedProcess[str]:
+           env: dict[str, str] | None = None,
+           user: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh Python process (spawned, never forked); returns the result."""
     cmd = [PY, "-c", textwrap.dedent(code), *args]
     if user is not None:
