@@ -23,6 +23,7 @@ lib: Any = _ring.lib
 
 #: Bumped whenever csrc/ and the Python layer must change together.
 SEG_ABI_VERSION = 100
+RING_ABI_VERSION = 1
 
 
 def seg_field(rc: int) -> str:
@@ -41,12 +42,13 @@ def raise_corrupt(what: str, rc: int, fix: str = "") -> NoReturn:
 
 def check_abi() -> None:
     """Raise InternalError when the compiled core does not match this Python package."""
-    got = int(lib.shm_seg_abi_version())
-    if got != SEG_ABI_VERSION:
-        raise InternalError(
-            f"shmarray._ring has segment ABI {got}, the Python package expects {SEG_ABI_VERSION}: "
-            "reinstall shmarray ('pip install --force-reinstall .')"
-        )
+    for what, got, want in (("segment", int(lib.shm_seg_abi_version()), SEG_ABI_VERSION),
+                            ("ring", int(lib.shm_ring_abi_version()), RING_ABI_VERSION)):
+        if got != want:
+            raise InternalError(
+                f"shmarray._ring has {what} ABI {got}, the Python package expects {want}: "
+                "reinstall shmarray ('pip install --force-reinstall .')"
+            )
 
 
 def oserror(exc: OSError, what: str) -> ShmArrayError:

@@ -16,6 +16,7 @@ def test_extension_is_compiled() -> None:
 
 def test_abi_matches() -> None:
     assert _native.lib.shm_seg_abi_version() == _native.SEG_ABI_VERSION
+    assert _native.lib.shm_ring_abi_version() == _native.RING_ABI_VERSION
 
 
 def test_public_api() -> None:
