@@ -173,7 +173,7 @@ def _nobody() -> str | None:
         return None
     probe = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
                             "--clear-groups", sys.executable, "-c", "import shmarray"],
-                           capture_output=True, timeout=60,
+                           capture_output=True, timeout=60, cwd=CHILD_CWD,
                            env={**os.environ,
                                 "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
     return "nobody" if probe.returncode == 0 else None
