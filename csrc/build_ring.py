@@ -17,8 +17,8 @@ import pathlib
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-SOURCES = ["seg.c", "ring.c"]
-CDEFS = ["seg.cdef", "ring.cdef"]
+SOURCES = ["seg.c", "ring.c", "probe.c", "bcast.c"]
+CDEFS = ["seg.cdef", "ring.cdef", "probe.cdef", "bcast.cdef"]
 
 
 def _flags() -> tuple[list[str], list[str]]:
@@ -47,7 +47,7 @@ ffibuilder.cdef("\n".join((HERE / name).read_text() for name in CDEFS))
 _cflags, _ldflags = _flags()
 ffibuilder.set_source(
     "shmarray._ring",
-    '#include "seg.h"\n#include "ring.h"\n',
+    '#include "seg.h"\n#include "ring.h"\n#include "probe.h"\n#include "bcast.h"\n',
     sources=[str((HERE / s).relative_to(HERE.parent)) for s in SOURCES],
     include_dirs=[str(HERE.relative_to(HERE.parent))],
     libraries=["rt"],

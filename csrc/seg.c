@@ -38,6 +38,9 @@
 
 static const char MAGIC[8] = {'S', 'H', 'M', 'A', 'R', 'R', 'A', 'Y'};
 
+/* Ring-like kinds: a 4096-byte header, then a block their own C module validates. */
+static int ringlike(uint32_t kind) { return kind == SHM_SEG_KIND_RING || kind == SHM_SEG_KIND_BCAST; }
+
 int shm_seg_abi_version(void) { return SHM_SEG_LAYOUT_MAJOR * 100 + SHM_SEG_LAYOUT_MINOR; }
 
 const char *shm_seg_field(int rc) {
@@ -124,10 +127,10 @@ static void write_magic(unsigned char *p) {
 int shm_seg_write(void *base, uint64_t len, const shm_seg_info *in) {
     unsigned char *p = base;
     if (!base || len < SHM_SEG_MIN_SIZE || in->total_size > len) return SHM_SEG_BAD_ARG;
-    if (in->kind != SHM_SEG_KIND_ARRAY && in->kind != SHM_SEG_KIND_RING) return SHM_SEG_BAD_KIND;
+    if (in->kind != SHM_SEG_KIND_ARRAY && !ringlike(in->kind)) return SHM_SEG_BAD_KIND;
     if (!check_name(in->name)) return SHM_SEG_BAD_NAME;
     if (!check_objects(in->objects, in->objects_len, in->name)) return SHM_SEG_BAD_OBJECTS;
-    memset(p, 0, in->kind == SHM_SEG_KIND_RING ? SHM_SEG_RING_HEADER : OFF_DTYPE);
+    memset(p, 0, ringlike(in->kind) ? SHM_SEG_RING_HEADER : OFF_DTYPE);
     st16(p, OFF_VMAJOR, SHM_SEG_LAYOUT_MAJOR);
     st16(p, OFF_VMINOR, SHM_SEG_LAYOUT_MINOR);
     st32(p, OFF_KIND, in->kind);
@@ -140,7 +143,7 @@ int shm_seg_write(void *base, uint64_t len, const shm_seg_info *in) {
     memcpy(p + OFF_NAME, in->name, strnlen(in->name, NAME_FIELD));
     st32(p, OFF_OBJLEN, in->objects_len);
     memcpy(p + OFF_OBJECTS, in->objects, in->objects_len);
-    if (in->kind == SHM_SEG_KIND_RING) {
+    if (ringlike(in->kind)) {
         st32(p, OFF_HSIZE, SHM_SEG_RING_HEADER);
         write_magic(p);
         return SHM_SEG_OK;
@@ -196,7 +199,7 @@ int shm_seg_read(const void *base, uint64_t len, shm_seg_info *out, int require_
     out->objects_len = ld32(p, OFF_OBJLEN);
     memcpy(out->objects, p + OFF_OBJECTS, OBJECTS_FIELD);
     if (out->version_major != SHM_SEG_LAYOUT_MAJOR) return SHM_SEG_BAD_VERSION;
-    if (out->kind != SHM_SEG_KIND_ARRAY && out->kind != SHM_SEG_KIND_RING) return SHM_SEG_BAD_KIND;
+    if (out->kind != SHM_SEG_KIND_ARRAY && !ringlike(out->kind)) return SHM_SEG_BAD_KIND;
     if (out->name[NAME_FIELD - 1] != 0 || !check_name(out->name)) {
         out->name[NAME_FIELD - 1] = 0;
         return SHM_SEG_BAD_NAME;
@@ -207,7 +210,7 @@ int shm_seg_read(const void *base, uint64_t len, shm_seg_info *out, int require_
     }
     if (require_ready && out->ready != 1) return SHM_SEG_NOT_READY;
     if (out->total_size < SHM_SEG_MIN_SIZE || out->total_size > len) return SHM_SEG_BAD_TOTAL_SIZE;
-    if (out->kind == SHM_SEG_KIND_RING) {
+    if (ringlike(out->kind)) {
         if (out->header_size != SHM_SEG_RING_HEADER || out->total_size <= SHM_SEG_RING_HEADER)
             return SHM_SEG_BAD_HEADER_SIZE;
         return SHM_SEG_OK;

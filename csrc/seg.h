@@ -10,7 +10,7 @@
  *   [   0,   8)  magic           "SHMARRAY"
  *   [   8,  10)  version_major   u16 (1; a reader refuses any other major)
  *   [  10,  12)  version_minor   u16 (0)
- *   [  12,  16)  kind            u32: 1 array, 2 ring (channel)
+ *   [  12,  16)  kind            u32: 1 array, 2 ring (channel), 3 broadcast ring (channel)
  *   [  16,  20)  header_size     u32: bytes before the data (array) or the ring block (ring)
  *   [  20,  24)  ready           u32, atomic: 0 while being built, 1 once complete (set last)
  *   [  24,  32)  total_size      u64: the size the creator gave the segment
@@ -34,8 +34,8 @@
  *   [1308,1312)  reserved
  *   [1312,1824)  shape           u64[64]
  *   [1824, ...)  dtype text      dtype.str, or JSON of a structured dtype's descr (never evaluated)
- *   --- kind == ring ---
- *   header_size == 4096; the ring block (csrc/ring.h) starts there.
+ *   --- kind == ring / broadcast ---
+ *   header_size == 4096; the ring block (csrc/ring.h; csrc/bcast.h) starts there.
  */
 #ifndef SHMARRAY_SEG_H
 #define SHMARRAY_SEG_H
@@ -46,6 +46,7 @@
 #define SHM_SEG_LAYOUT_MINOR 0
 #define SHM_SEG_KIND_ARRAY 1
 #define SHM_SEG_KIND_RING 2
+#define SHM_SEG_KIND_BCAST 3
 #define SHM_SEG_NAME_MAX 100
 #define SHM_SEG_OBJECTS_MAX 1023
 #define SHM_SEG_MAXDIMS 64

@@ -6,8 +6,10 @@
 
 from ._segment import cleanup_on_sigterm
 from .channel import Channel, Frame, FrameBatch, Loan
+from .broadcast import BroadcastChannel, BroadcastFrame, Subscriber
 from .control import ControlQueue
 from .array import OwnerDiedWarning, SharedArray, attach, create, from_array, unlink
+from .pool import Pool
 from .errors import (
     AccessDeniedError,
     ClosedError,
@@ -33,6 +35,10 @@ __all__ = [
     "Frame",
     "FrameBatch",
     "Loan",
+    "BroadcastChannel",
+    "BroadcastFrame",
+    "Subscriber",
+    "Pool",
     "ControlQueue",
     "OwnerDiedWarning",
     "create",

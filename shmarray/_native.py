@@ -58,6 +58,8 @@ def oserror(exc: OSError, what: str) -> ShmArrayError:
     from . import errors
 
     e = exc.errno
+    if e is None and "maximum number of files" in str(exc):
+        e = errno.EMFILE  # posix_ipc reports EMFILE as a bare message, without errno
     cls: type[ShmArrayError]
     if e == errno.ENOENT:
         cls, hint = errors.NotFoundError, "'shmarray ls' lists what exists"

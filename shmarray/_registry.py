@@ -94,13 +94,18 @@ def inspect(name: str) -> Entry:
         if rc not in (0, lib.SHM_SEG_NOT_READY):
             from ._native import seg_field
 
+            if rc == lib.SHM_SEG_BAD_MAGIC and mm[:8] == bytes(8) and not info.ready:
+                # sized, header not written yet (a zero magic): still being created
+                e.ready = False
+                e.problem = "being created" if alive else "half-built (creator died)"
+                return e
             e.problem = f"corrupt header (field '{seg_field(rc)}')"
             return e
         f = _segment.header_fields(info)
         e.owner_pid = f["creator_pid"]
         e.created_ns = f["created_ns"]
         e.objects = f["objects"]
-        e.ready = rc == 0
+        e.ready = rc == 0 and int(info.ready) == 1  # read with require_ready=False: check it
         if not e.ready:
             e.problem = "being created" if alive else "half-built (creator died)"
         if f["kind"] == lib.SHM_SEG_KIND_ARRAY:
@@ -201,6 +206,12 @@ def clean(names: list[str] | None = None, *, force: bool = False, dry_run: bool 
         if not dry_run:
             try:
                 posix_ipc.unlink_semaphore(o.name)
+            except posix_ipc.Error:
+                pass
+            # The control queue of the same incarnation, /shmarray.<name>.<nonce>.ctl, cannot
+            # be listed where /dev/mqueue is not mounted; its orphaned semaphores name it.
+            try:
+                posix_ipc.unlink_message_queue(o.name.rsplit(".", 1)[0] + ".ctl")
             except posix_ipc.Error:
                 pass
         report(f"{'would remove' if dry_run else 'removed'} orphaned semaphore {o.name}")

@@ -23,9 +23,16 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _names
+from . import _faults, _names
 from ._native import ffi, lib, oserror, raise_corrupt
-from .errors import AccessDeniedError, CorruptSegmentError, ExistsError, LimitError, NotFoundError
+from .errors import (
+    AccessDeniedError,
+    CorruptSegmentError,
+    ExistsError,
+    LimitError,
+    NotFoundError,
+    ShmArrayError,
+)
 
 OWNER_BYTE = 0
 
@@ -139,13 +146,16 @@ def header_fields(info: Any) -> dict[str, Any]:
 # Ownership: what this process created and must unlink.
 
 class _Owned:
-    __slots__ = ("name", "nonce", "lock_fd", "pid")
+    __slots__ = ("name", "nonce", "lock_fd", "pid", "objects")
 
     def __init__(self, name: str, nonce: int, lock_fd: int) -> None:
         self.name = name
         self.nonce = nonce
         self.lock_fd = lock_fd
         self.pid = os.getpid()
+        # the semaphores / queue the header listed when we published it: our own unlink uses
+        # this private copy, so a peer scribbling on the header cannot make us leak them
+        self.objects: list[str] = []
 
 
 _owned: dict[str, _Owned] = {}
@@ -270,31 +280,59 @@ def create(name: str, size: int, *, mode: int = 0o600, reserve: bool = False,
     _names.validate(name)
     check_space(name, size)
     path = _names.segment_path(name)
+    # The segment appears under its name only once this process holds its owner lock: it is
+    # made as an unnamed O_TMPFILE, locked, then linked in (O_EXCL where tmpfiles are not
+    # supported). So a visible segment with a free owner lock has a dead creator, never a live
+    # one that has not locked it yet (attach would call that "never finished", and
+    # `shmarray clean` would remove it under its creator).
+    global _use_tmpfile
+    visible = False
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = -1
+        if _use_tmpfile:
+            try:
+                fd = os.open(_names.SHM_DIR, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, mode)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                _use_tmpfile = False
+        if fd < 0:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         mode)
+            visible = True
     except FileExistsError:
-        raise ExistsError(
-            f"segment {name!r} already exists ({describe_owner(name)}); attach it with "
-            f"shmarray.attach({name!r}) or shmarray.Channel.open({name!r}), or pick another name"
-            " ('shmarray clean' removes segments whose owner died)"
-        ) from None
+        raise _exists_error(name) from None
     except OSError as exc:
         raise oserror(exc, f"cannot create segment {name!r}") from exc
     nonce = _names.new_nonce()
+    linking = False
     try:
+        _faults.point("segment.opened")  # fault point (tests/faults)
         os.fchmod(fd, mode)  # exactly the mode asked for, whatever the umask
         rc = lib.shm_seg_lock_try(fd, OWNER_BYTE)
         if rc != 0:
             raise LimitError(f"cannot take the owner lock of segment {name!r}: "
                              f"{os.strerror(-rc) if rc < 0 else 'held by another process'}")
+        if not visible:
+            linking = True
+            _link_tmpfile(fd, name)  # ExistsError; an OSError: fall back to O_EXCL
+            linking = False
+            visible = True
         with _owned_lock:
             _install_exit_hooks()
             _owned[name] = _Owned(name, nonce, fd)
-    except BaseException:
+    except BaseException as exc:
         os.close(fd)
-        _unlink_path(path)
+        if visible:
+            _unlink_path(path)
+        if linking and type(exc) is OSError and exc.errno in _NO_LINKAT:
+            _use_tmpfile = False  # no linkat through /proc here: use O_EXCL from now on
+            return create(name, size, mode=mode, reserve=reserve, init=init)
+        if isinstance(exc, OSError) and not isinstance(exc, ShmArrayError):
+            raise oserror(exc, f"cannot create segment {name!r}") from exc
         raise
     try:
+        _faults.point("segment.locked")  # fault point (tests/faults)
         os.ftruncate(fd, size)
         if reserve:
             try:
@@ -306,9 +344,14 @@ def create(name: str, size: int, *, mode: int = 0o600, reserve: bool = False,
                         "('df -h /dev/shm'; in a container raise --shm-size)"
                     ) from exc
                 raise
+        _faults.point("segment.truncated")  # fault point (tests/faults)
         mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         mapping = Mapping(name, mm, size, False)
         init(mapping, nonce)
+        rc, info = read_header(mapping, require_ready=False)
+        o = _owned.get(name)
+        if rc in (0, lib.SHM_SEG_NOT_READY) and o is not None and o.nonce == nonce:
+            o.objects = header_fields(info)["objects"]
     except BaseException as exc:
         _forget(name)
         _unlink_path(path)
@@ -316,6 +359,43 @@ def create(name: str, size: int, *, mode: int = 0o600, reserve: bool = False,
             raise oserror(exc, f"cannot create segment {name!r}") from exc
         raise
     return mapping, nonce
+
+
+_use_tmpfile = True  # create segments as O_TMPFILE + link (False: where that fails)
+# linkat errors that mean "not possible here" (no /proc, a filesystem or policy that refuses):
+# fall back to O_EXCL; anything else (EMFILE, ENOSPC...) is a real error
+_NO_LINKAT = (errno.EXDEV, errno.ENOENT, errno.EPERM, errno.EACCES, errno.EOPNOTSUPP,
+              errno.EINVAL, errno.ENOSYS)
+
+
+def _link_tmpfile(fd: int, name: str) -> None:
+    """Give the unnamed file ``fd`` its segment name (linkat with AT_SYMLINK_FOLLOW through
+    /proc/self/fd, which needs no privilege); ExistsError if the name is taken."""
+    dfd = os.open(_names.SHM_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # dst_dir_fd makes os.link call linkat() (plain link() does not follow the symlink)
+        os.link(f"/proc/self/fd/{fd}", _names.PREFIX + name, dst_dir_fd=dfd,
+                follow_symlinks=True)
+    except FileExistsError:
+        raise _exists_error(name) from None
+    finally:
+        os.close(dfd)
+
+
+def _exists_error(name: str) -> ExistsError:
+    return ExistsError(
+        f"segment {name!r} already exists ({describe_owner(name)}); attach it with "
+        f"shmarray.attach({name!r}) or shmarray.Channel.open({name!r}), or pick another name"
+        " ('shmarray clean' removes segments whose owner died)"
+    )
+
+
+def _same_file(fd: int, st: os.stat_result) -> bool:
+    try:
+        mine = os.fstat(fd)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino)
 
 
 def _forget(name: str) -> None:
@@ -380,7 +460,10 @@ def open_mapping(name: str, readonly: bool, timeout: float | None,
             size = st.st_size
             if size >= 4096:
                 prot = mmap.PROT_READ | (0 if readonly else mmap.PROT_WRITE)
-                mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+                try:
+                    mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+                except OSError as exc:  # EMFILE (mmap dups the descriptor), ENOMEM
+                    raise oserror(exc, f"cannot map {kind_hint} {name!r}") from exc
                 mapping = Mapping(name, mm, size, readonly)
                 ready = lib.shm_seg_ready(mapping.ptr(), size) == 1
                 # A segment being created has an all-zero magic until its header is written;
@@ -438,6 +521,9 @@ def unlink(name: str, nonce: int | None = None) -> None:
     _names.validate(name)
     path = _names.segment_path(name)
     objects: list[str] = []
+    mine = _owned.get(name)
+    if mine is not None and (mine.pid != os.getpid() or nonce not in (None, mine.nonce)):
+        mine = None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -448,8 +534,13 @@ def unlink(name: str, nonce: int | None = None) -> None:
         fd = -1
     if fd >= 0:
         try:
-            size = os.fstat(fd).st_size
-            if size >= 4096:
+            st = os.fstat(fd)
+            size = st.st_size
+            if mine is not None and _same_file(mine.lock_fd, st):
+                # our own segment (the file we hold the owner lock of): unlink what we created,
+                # whatever its header says now
+                objects = list(mine.objects)
+            elif size >= 4096:
                 mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
                 rc, info = read_header(Mapping(name, mm, size, True), require_ready=False)
                 if rc in (0, lib.SHM_SEG_NOT_READY):
@@ -463,6 +554,7 @@ def unlink(name: str, nonce: int | None = None) -> None:
         finally:
             os.close(fd)
     unlink_objects(objects)  # first: a crash in between leaves the segment that lists them
+    _faults.point("segment.unlink")  # fault point (tests/faults)
     try:
         os.unlink(path)
     except FileNotFoundError:

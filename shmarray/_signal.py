@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import posix_ipc
 
+from . import _faults
 from ._segment import Deadline
 
 SLICE = 0.1  # seconds: the longest sleep between liveness checks
@@ -31,14 +32,27 @@ class Spin:
 
     After a wait that ended in a long sleep, the next spin is halved (down to none): frames
     are arriving slower than a spin can bridge, and spinning only burns CPU. A wait that was
-    served within the budget restores it.
+    served within the budget restores it. A wait that sleeps takes longer than the budget
+    even when the next frame came right after the spin would have ended, so every
+    ``PROBE_EVERY``-th wait spins the full budget again to find out (costing at most that
+    fraction of the budget in CPU while frames are slow).
     """
 
-    __slots__ = ("max_ns", "ns")
+    __slots__ = ("max_ns", "ns", "_n")
+    PROBE_EVERY = 8
 
     def __init__(self, max_ns: int | None = None) -> None:
         self.max_ns = DEFAULT_SPIN_NS if max_ns is None else max(0, int(max_ns))
         self.ns = self.max_ns
+        self._n = 0
+
+    def budget(self) -> int:
+        """The spin budget (ns) for the next wait."""
+        self._n += 1
+        if self._n >= self.PROBE_EVERY:
+            self._n = 0
+            return self.max_ns
+        return self.ns
 
     def crowded(self, participants: int) -> None:
         """Skip spinning when participants outnumber CPUs: a spinner would steal the CPU
@@ -73,10 +87,13 @@ def wait(op: Callable[[int], int], wouldblock: int, arm: Callable[[], Any],
         raise on_timeout(True)
     deadline = Deadline(timeout)
     t0 = time.monotonic_ns()
-    rc = op(spin.ns)
+    rc = op(spin.budget())
+    point = _faults.point  # fault points (tests/faults): a no-op unless SHMARRAY_FAULT is set
     while rc == wouldblock:
+        point("wait.spun")
         arm()
         try:
+            point("wait.armed")
             rc = op(0)
             if rc != wouldblock:
                 break
@@ -84,9 +101,11 @@ def wait(op: Callable[[int], int], wouldblock: int, arm: Callable[[], Any],
             if step <= 0:
                 raise on_timeout(False)
             posted = False
+            point("wait.sleep")
             try:
                 sem.acquire(step)
                 posted = True
+                point("wait.woken")
             except posix_ipc.BusyError:
                 pass
             except posix_ipc.SignalError:

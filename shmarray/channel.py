@@ -29,8 +29,8 @@ from typing import Any, Iterator
 import numpy as np
 import posix_ipc
 
-from . import _names, _registry, _segment
-from ._native import ffi, lib
+from . import _faults, _names, _registry, _segment
+from ._native import ffi, lib, oserror
 from ._signal import Spin, wait
 from .control import DEFAULT_MESSAGE_SIZE, DEFAULT_MESSAGES, ControlQueue
 from .errors import (
@@ -61,6 +61,7 @@ _recv = lib.shm_ring_recv
 _release_c = lib.shm_ring_release
 _send_c = lib.shm_ring_send
 _from_buffer = ffi.from_buffer
+_FAULTS = _faults.ENABLED  # fault points (tests/faults): hot paths test this constant first
 _ROLE_NAMES = {_PRODUCER: "producer", _CONSUMER: "consumer"}
 _STATE_NAMES = {lib.SHM_RING_PART_FREE: "free", lib.SHM_RING_PART_ACTIVE: "active",
                 lib.SHM_RING_PART_ENDED: "ended", lib.SHM_RING_PART_DEAD: "dead"}
@@ -277,7 +278,8 @@ class Channel:
                mode: str = "one-to-one", *, max_participants: int = 64, perm: int = 0o600,
                control_messages: int = DEFAULT_MESSAGES,
                control_message_size: int = DEFAULT_MESSAGE_SIZE,
-               spin_us: float | None = None) -> Channel:
+               spin_us: float | None = None, max_subscribers: int = 8,
+               policy: str = "block") -> Channel:
         """Create channel ``name`` (a unique name if None), owned by this process: it is
         unlinked at ``unlink()``, at the end of a ``with`` block, or at exit.
 
@@ -286,12 +288,24 @@ class Channel:
         (LimitError) rather than with SIGBUS mid-stream. ``perm`` is the mode of the segment,
         semaphores and queue. Does not block.
 
+        ``mode="broadcast"`` (one producer, up to ``max_subscribers`` subscribers, each sees
+        every frame; ``policy="block" | "drop"``) returns a BroadcastChannel: see
+        shmarray/broadcast.py.
+
         Raises ExistsError, LimitError (/dev/shm, message-queue limits), InvalidNameError,
         ValueError (bad sizes).
         """
+        if mode == "broadcast":
+            from .broadcast import BroadcastChannel
+
+            return BroadcastChannel.create(
+                name, slot_bytes, capacity, mode, max_subscribers=max_subscribers, policy=policy,
+                perm=perm, control_messages=control_messages,
+                control_message_size=control_message_size, spin_us=spin_us)
         if mode not in MODES:
-            hint = " (broadcast comes with issue #4)" if mode == "broadcast" else ""
-            raise ValueError(f"mode must be one of {sorted(MODES)}, not {mode!r}{hint}")
+            raise ValueError(f"mode must be one of {sorted(MODES) + ['broadcast']}, not {mode!r}")
+        if policy != "block":
+            raise ValueError(f"policy={policy!r} is for mode='broadcast' only")
         if name is None:
             name = _names.unique("chan")
         _names.validate(name)
@@ -337,6 +351,7 @@ class Channel:
             if rc != 0:
                 raise InternalError(f"channel {name!r}: cannot format its ring: "
                                     f"{ffi.string(lib.shm_ring_strerror(rc)).decode()}")
+            _faults.point("channel.header")  # fault point (tests/faults)
             created: list[str] = []
             try:
                 for osname in objects[:2]:
@@ -353,6 +368,7 @@ class Channel:
             except BaseException:
                 _segment.unlink_objects(created)
                 raise
+            _faults.point("channel.objects")  # fault point (tests/faults)
             lib.shm_seg_publish(mapping.ptr())
 
         mapping, _nonce = _segment.create(name, size, mode=perm, reserve=True, init=init)
@@ -371,6 +387,10 @@ class Channel:
         CorruptSegmentError.
         """
         mapping, info = _segment.open_mapping(name, False, timeout, "channel")
+        if int(info.kind) == lib.SHM_SEG_KIND_BCAST:
+            from .broadcast import BroadcastChannel
+
+            return BroadcastChannel(mapping, info, owner=False, spin_us=spin_us)
         if int(info.kind) != lib.SHM_SEG_KIND_RING:
             raise CorruptSegmentError(f"segment {name!r} is a shared array, not a channel: "
                                       f"attach it with shmarray.attach({name!r})")
@@ -414,10 +434,12 @@ class Channel:
         try:
             self._data_sem = posix_ipc.Semaphore(objects[0])
             self._space_sem = posix_ipc.Semaphore(objects[1])
+            self._lock_fd = os.open(_names.segment_path(self.name), os.O_RDWR | os.O_CLOEXEC)
         except posix_ipc.ExistentialError as exc:
             raise CorruptSegmentError(f"channel {self.name!r}: its semaphores are gone (was it "
                                       "unlinked while being opened?)") from exc
-        self._lock_fd = os.open(_names.segment_path(self.name), os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:  # EMFILE / ENFILE: a LimitError naming 'ulimit -n'
+            raise oserror(exc, f"cannot open channel {self.name!r}") from exc
         self._control: ControlQueue | None = None
         self._role = 0
         self._index = -1
@@ -428,7 +450,8 @@ class Channel:
         # consumer: views per schema; producer: the send schema and loan views
         self._views: list[Any] = [None] * self.capacity
         self._schemas: dict[tuple[int, tuple[int, ...]], list[Any]] = {}
-        self._send_key: tuple[Any, ...] = ()
+        self._send_key: tuple[Any, ...] = ()  # the (dtype, shape) set in C, by send or loan
+        self._loan_last: tuple[Any, ...] | None = None
         self._send_nbytes = 0
         self._loan_views: dict[tuple[str, tuple[int, ...]], list[Any]] = {}
         self._held = 0
@@ -472,6 +495,7 @@ class Channel:
                 if got < 0:
                     raise LimitError(f"{self._what()}: cannot take a liveness lock: "
                                      f"{os.strerror(-got)}")
+                _faults.point("channel.register")  # fault point (tests/faults)
                 rc = self._register_at(index, role)
                 if rc == 0:
                     self._role = role
@@ -529,6 +553,7 @@ class Channel:
         if lib.shm_seg_lock_try(fd, 1 + index) != 0:
             return True  # someone else just took it: alive (or being reclaimed)
         try:
+            _faults.point("channel.recover")  # fault point (tests/faults)
             if lib.shm_ring_participant(self._r, index, self._pinfo) == 0 and \
                     int(self._pinfo.state) == lib.SHM_RING_PART_ACTIVE:
                 self._recover(index)
@@ -597,6 +622,12 @@ class Channel:
                 "their with blocks), or use recv_copy()")
         if rc == _ENDED:
             raise StreamEnded(f"{self._what()}: end of stream")
+        if rc == lib.SHM_RING_BAD_ARG and op == "release":
+            # A Frame releases its slot once (release() is idempotent), so a slot that no longer
+            # shows our hold was overwritten by another process.
+            raise CorruptSegmentError(
+                f"{self._what()} is corrupt (release: the slot of a frame this handle held was "
+                f"overwritten); 'shmarray clean {self.name}' removes it once its owner is dead")
         raise InternalError(f"{self._what()}: {op} failed: {msg} (rc {rc})")
 
     # ------------------------------------------------------------------------------------------
@@ -650,6 +681,8 @@ class Channel:
         if rc < 0:
             rc = self._send_wait(rc, src, tag, timeout)
         if rc & 1:
+            if _FAULTS:
+                _faults.point("channel.commit.post")  # fault point (tests/faults)
             self._data_sem.release()
 
     def _send_wait(self, rc: int, src: Any, tag: int, timeout: float | None) -> int:
@@ -725,38 +758,61 @@ class Channel:
         if self._loaned:
             raise LimitError(f"{self._what()}: this handle already has a loan outstanding; "
                              "commit or abort it first (one loan at a time per handle)")
-        dt = np.dtype(dtype)
-        if isinstance(shape, (int, np.integer)):
-            shp: tuple[int, ...] = (int(shape),)
+        shp: tuple[int, ...]
+        last = self._loan_last
+        if (last is not None and last[1] is dtype and type(shape) in (tuple, int)
+                and last[0] == shape):
+            dt, shp, nbytes, views, key2 = last[2], last[3], last[4], last[5], last[6]
+            if self._send_key is not key2:
+                # send() set another schema since: set ours again
+                self._send_nbytes = self._set_schema(dt, shp)
+                self._send_key = key2
         else:
-            shp = tuple(int(s) for s in shape)
-        key = (dt.str, shp)
-        views = self._loan_views.get(key)
-        if views is None:
-            if len(self._loan_views) >= _MAX_SCHEMAS:
-                self._loan_views.clear()
-            views = self._loan_views[key] = [None] * self.capacity
-        # set the schema for every loan: send() may have set another one in between
-        nbytes = self._set_schema(dt, shp)
-        self._send_key = ()
+            dt = np.dtype(dtype)
+            if isinstance(shape, (int, np.integer)):
+                shp = (int(shape),)
+            else:
+                shp = tuple(int(s) for s in shape)
+            key = (dt.str, shp)
+            views = self._loan_views.get(key)
+            if views is None:
+                if len(self._loan_views) >= _MAX_SCHEMAS:
+                    self._loan_views.clear()
+                views = self._loan_views[key] = [None] * self.capacity
+            nbytes = self._set_schema(dt, shp)
+            key2 = (dt, shp)
+            self._send_key = key2
+            self._send_nbytes = nbytes
+            self._loan_last = (shape, dtype, dt, shp, nbytes, views, key2)
         r = self._r
-        slot = int(lib.shm_ring_claim(r))
-        if slot < 0:
-            if slot != _FULL:
-                self._raise_rc(slot, "loan")
-            self._waits += 1
-            slot = wait(lambda spin: int(lib.shm_ring_claim_spin(r, spin)), _FULL,
-                        lambda: lib.shm_ring_arm(r, lib.SHM_RING_WAIT_SPACE),
-                        lambda: lib.shm_ring_disarm(r, lib.SHM_RING_WAIT_SPACE),
-                        self._space_sem, timeout, self._spin, self._between_send,
-                        self._full_error)
+        try:
+            slot = int(lib.shm_ring_claim(r))
             if slot < 0:
-                self._raise_rc(slot, "loan")
-        view = views[slot]
-        if view is None:
-            view = views[slot] = self._slots[slot][:nbytes].view(dt).reshape(shp)
-        self._loaned = True
-        return Loan(self, view, tag)
+                if slot != _FULL:
+                    self._raise_rc(slot, "loan")
+                self._waits += 1
+                slot = wait(lambda spin: int(lib.shm_ring_claim_spin(r, spin)), _FULL,
+                            lambda: lib.shm_ring_arm(r, lib.SHM_RING_WAIT_SPACE),
+                            lambda: lib.shm_ring_disarm(r, lib.SHM_RING_WAIT_SPACE),
+                            self._space_sem, timeout, self._spin, self._between_send,
+                            self._full_error)
+                if slot < 0:
+                    self._raise_rc(slot, "loan")
+            if _FAULTS:
+                _faults.point("channel.loan")  # fault point (tests/faults)
+            view = views[slot]
+            if view is None:
+                view = views[slot] = self._slots[slot][:nbytes].view(dt).reshape(shp)
+            loan = Loan(self, view, tag)
+            self._loaned = True
+            return loan
+        except BaseException:
+            # e.g. KeyboardInterrupt from a signal handler after the claim: give the slot back,
+            # or this handle keeps a claim it does not know of (every later loan/send fails and,
+            # in a work queue, consumers stall at that position)
+            if not self._loaned and lib.shm_ring_abort(r) > 0:
+                self._data_sem.release()
+            raise
 
     def _commit(self, tag: int) -> None:
         self._loaned = False
@@ -764,6 +820,8 @@ class Channel:
         if rc < 0:
             self._raise_rc(rc, "commit")
         if rc:
+            if _FAULTS:
+                _faults.point("channel.commit.post")  # fault point (tests/faults)
             self._data_sem.release()
 
     def _abort(self) -> None:
@@ -785,6 +843,7 @@ class Channel:
         n = lib.shm_ring_end(self._r)
         if n < 0:
             self._raise_rc(n, "end")
+        _faults.point("channel.end")  # fault point (tests/faults)
         for _ in range(n):  # wake every sleeping consumer: each will find the end
             self._data_sem.release()
         self._ended = True
@@ -964,6 +1023,8 @@ class Channel:
             if rc < 0:
                 self._held += 1
                 self._raise_rc(rc, "release")
+            if _FAULTS:
+                _faults.point("channel.release.post")  # fault point (tests/faults)
             self._space_sem.release()
 
     def __iter__(self) -> Iterator[np.ndarray]:  # type: ignore[type-arg]
@@ -1034,6 +1095,7 @@ class Channel:
         segfault) but their contents may change. Idempotent; never blocks."""
         if self._closed:
             return
+        _faults.point("channel.close")  # fault point (tests/faults)
         if self._role:
             rc = lib.shm_ring_unregister(self._r)
             if rc > 0:

@@ -1,4 +1,4 @@
-"""The ``shmarray`` command: ls, clean, demo."""
+"""The ``shmarray`` command: ls, clean, demo, bench."""
 
 from __future__ import annotations
 
@@ -62,9 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="show what would be removed")
     p.add_argument("--force", action="store_true", help="also remove a live owner's NAMEs")
     p.set_defaults(func=cmd_clean)
-    from . import demo
+    from . import bench, demo
 
     demo.add_parser(sub)
+    bench.add_parser(sub)
     args = parser.parse_args(argv)
     rc: int = args.func(args)
     return rc

@@ -18,6 +18,7 @@ from typing import Any
 
 import posix_ipc
 
+from . import _faults
 from ._segment import Deadline
 from .errors import (
     AccessDeniedError,
@@ -136,6 +137,7 @@ class ControlQueue:
                 "channel with a larger control_message_size, at most "
                 "/proc/sys/fs/mqueue/msgsize_max)")
         deadline = Deadline(timeout)
+        _faults.point("control.send")  # fault point (tests/faults)
         while True:
             try:
                 mq.send(data, timeout=deadline.slice(_SLICE), priority=priority)
@@ -163,6 +165,7 @@ class ControlQueue:
         while True:
             try:
                 data, prio = mq.receive(deadline.slice(_SLICE))
+                _faults.point("control.recv")  # fault point (tests/faults)
                 break
             except posix_ipc.BusyError:
                 pass

@@ -29,12 +29,25 @@ def no_leaks() -> Iterator[None]:
             break
         time.sleep(0.05)  # children may still be exiting
     if left:
-        for f in left:  # do not cascade into the next test
-            try:
-                os.unlink(os.path.join(SHM, f))
-            except OSError:
-                pass
+        _remove_dead(left)  # do not cascade into the next test
         pytest.fail(f"test left shmarray objects in /dev/shm: {sorted(left)}")
+
+
+def _remove_dead(files: set[str]) -> None:
+    """Remove leftovers whose owner is dead; never a live process's (another test run's)."""
+    from shmarray import _names, _registry, _segment
+
+    for f in files:
+        name = _names.from_segment_file(f)
+        if name is not None:
+            entry = _registry.inspect(name)
+            if entry.alive:
+                continue
+            _segment.unlink_objects(entry.objects)  # its queue cannot be seen in /dev/shm
+        try:
+            os.unlink(os.path.join(SHM, f))
+        except OSError:
+            pass
 
 
 @pytest.fixture
