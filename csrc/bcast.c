@@ -29,6 +29,7 @@
  */
 #define _GNU_SOURCE
 #include "bcast.h"
+#include "shm_common.h"
 #include "ring.h" /* the dtype allowlist */
 
 #if defined(__SANITIZE_THREAD__)
@@ -63,10 +64,6 @@
 #define ENTRY_SIZE 128u
 #define WRITING SHM_BCAST_WRITING
 
-#define RLX memory_order_relaxed
-#define ACQ memory_order_acquire
-#define REL memory_order_release
-#define SC memory_order_seq_cst
 
 _Static_assert(sizeof(shm_bcast_header) == HEADER_SIZE, "header size");
 _Static_assert(offsetof(shm_bcast_header, body) == 8, "header body offset");
@@ -86,24 +83,6 @@ _Static_assert(offsetof(shm_bcast_slot, flags) == 99, "flags offset");
 _Static_assert(sizeof(_Atomic uint32_t) == 4, "futex words are 32-bit");
 
 /* ---------------------------------------------------------------- helpers */
-
-static inline uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield" ::: "memory");
-#else
-    atomic_signal_fence(memory_order_seq_cst);
-#endif
-}
 
 static inline uint64_t deadline_after(uint64_t ns)
 {
@@ -217,32 +196,12 @@ int shm_bcast_abi_version(void) { return SHM_BCAST_ABI_VERSION; }
 
 /* itemsize * prod(shape), overflow-checked, from the ring's dtype allowlist.
  * 0 on success, -1 on overflow or an invalid dtype/ndim. */
-static int frame_bytes(uint32_t dtype, uint32_t ndim, const uint64_t *shape, uint64_t *out)
-{
-    int64_t item = shm_ring_dtype_itemsize(dtype);
-    if (item <= 0 || ndim > SHM_BCAST_MAX_NDIM)
-        return -1;
-    uint64_t n = (uint64_t)item;
-    for (uint32_t k = 0; k < ndim; k++)
-        if (__builtin_mul_overflow(n, shape[k], &n))
-            return -1;
-    *out = n;
-    return 0;
-}
-
 /* ------------------------------------------------------------------ layout */
 
 typedef struct {
     uint64_t slot_stride, ctrl_off, subs_off, slots_off, payload_off, total_len;
 } layout;
 
-static int round_up(uint64_t v, uint64_t a, uint64_t *out)
-{
-    if (__builtin_add_overflow(v, a - 1, out))
-        return -1;
-    *out &= ~(a - 1);
-    return 0;
-}
 
 static int compute_layout(uint32_t policy, uint32_t cap, uint32_t maxs, uint64_t slot_bytes,
                           layout *L)
@@ -269,16 +228,6 @@ static int compute_layout(uint32_t policy, uint32_t cap, uint32_t maxs, uint64_t
     return SHM_BCAST_OK;
 }
 
-static uint64_t fnv1a(const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
 
 uint64_t shm_bcast_size(const shm_bcast_params *p)
 {

@@ -18,6 +18,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "ring.h"
+#include "shm_common.h"
 
 #if defined(__SANITIZE_THREAD__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 /* TSan does not model atomic_thread_fence (gcc 12 warns, -Werror breaks the
@@ -40,11 +41,6 @@
 #define ENTRY_SIZE 128u
 #define NO_POS UINT64_MAX
 
-#define RLX memory_order_relaxed
-#define ACQ memory_order_acquire
-#define REL memory_order_release
-#define AR memory_order_acq_rel
-#define SC memory_order_seq_cst
 
 _Static_assert(sizeof(shm_ring_header) == HEADER_SIZE, "header size");
 _Static_assert(offsetof(shm_ring_header, body) == 8, "header body offset");
@@ -64,24 +60,6 @@ _Static_assert(offsetof(shm_ring_slot, flags) == 123, "flags offset");
 _Static_assert(sizeof(_Atomic uint64_t) == 8, "atomic u64 is lock-free sized");
 
 /* ---------------------------------------------------------------- helpers */
-
-static inline uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield" ::: "memory");
-#else
-    atomic_signal_fence(memory_order_seq_cst);
-#endif
-}
 
 static inline int attached(const shm_ring_t *r)
 {
@@ -161,31 +139,12 @@ int64_t shm_ring_dtype_itemsize(uint32_t code)
 
 /* itemsize * prod(shape), overflow-checked.  0 on success, -1 on overflow or
  * an invalid dtype/ndim. */
-static int frame_bytes(uint32_t dtype, uint32_t ndim, const uint64_t *shape, uint64_t *out)
-{
-    if (dtype < 1 || dtype > NDTYPES || ndim > SHM_RING_MAX_NDIM)
-        return -1;
-    uint64_t n = DTYPES[dtype].itemsize;
-    for (uint32_t k = 0; k < ndim; k++)
-        if (__builtin_mul_overflow(n, shape[k], &n))
-            return -1;
-    *out = n;
-    return 0;
-}
-
 /* ------------------------------------------------------------------ layout */
 
 typedef struct {
     uint64_t slot_stride, ctrl_off, parts_off, slots_off, payload_off, total_len;
 } layout;
 
-static int round_up(uint64_t v, uint64_t a, uint64_t *out)
-{
-    if (__builtin_add_overflow(v, a - 1, out))
-        return -1;
-    *out &= ~(a - 1);
-    return 0;
-}
 
 /* 0, or SHM_RING_BAD_ARG for parameters this version does not support. */
 static int compute_layout(uint32_t mode, uint32_t policy, uint32_t cap, uint32_t maxp,
@@ -215,16 +174,6 @@ static int compute_layout(uint32_t mode, uint32_t policy, uint32_t cap, uint32_t
     return SHM_RING_OK;
 }
 
-static uint64_t fnv1a(const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
-}
 
 static uint32_t norm_policy(uint32_t policy)
 {
