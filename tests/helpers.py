@@ -65,3 +65,23 @@ def stop(child: subprocess.Popen[str]) -> tuple[str, str]:
         child.kill()
     out, err = child.communicate(timeout=30)
     return out, err
+
+
+def nobody_user() -> str | None:
+    """'nobody' when this process can run the installed shmarray as that user (root, setpriv,
+    a Python that user can read), else None: permission tests skip then."""
+    import pwd
+    import shutil
+
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        return None
+    try:
+        pw = pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+    probe = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+                            "--clear-groups", sys.executable, "-c", "import shmarray"],
+                           capture_output=True, timeout=60, cwd=CHILD_CWD,
+                           env={**os.environ,
+                                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    return "nobody" if probe.returncode == 0 else None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +10,7 @@ import sys
 import pytest
 
 import shmarray
-from helpers import CHILD_CWD, run_py, start_py, stop, wait_for
+from helpers import CHILD_CWD, nobody_user, run_py, start_py, stop, wait_for
 
 
 def seg(name: str) -> str:
@@ -164,23 +162,10 @@ def test_killed_while_creating_is_recognised(name: str) -> None:
     assert not os.path.exists(seg(name))
 
 
-def _nobody() -> str | None:
-    if os.getuid() != 0 or shutil.which("setpriv") is None:
-        return None
-    try:
-        pw = pwd.getpwnam("nobody")
-    except KeyError:
-        return None
-    probe = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
-                            "--clear-groups", sys.executable, "-c", "import shmarray"],
-                           capture_output=True, timeout=60, cwd=CHILD_CWD,
-                           env={**os.environ,
-                                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
-    return "nobody" if probe.returncode == 0 else None
 
 
 def test_other_user_cannot_attach(name: str) -> None:
-    user = _nobody()
+    user = nobody_user()
     if user is None:
         pytest.skip("needs root, setpriv and a Python that user 'nobody' can run")
     with shmarray.create(name, shape=(4,)):

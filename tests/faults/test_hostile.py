@@ -17,9 +17,6 @@ import io
 import mmap
 import os
 import pickle
-import pwd
-import shutil
-import subprocess
 import sys
 
 import posix_ipc
@@ -27,7 +24,7 @@ import pytest
 
 import shmarray
 import shmarray.cli as shmarray_cli
-from helpers import run_py, start_py, stop
+from helpers import nobody_user, run_py, start_py, stop
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -37,23 +34,10 @@ def cli(*args: str) -> tuple[int, str]:
     return rc, out.getvalue()
 
 
-def _nobody() -> str | None:
-    if os.getuid() != 0 or shutil.which("setpriv") is None:
-        return None
-    try:
-        pw = pwd.getpwnam("nobody")
-    except KeyError:
-        return None
-    probe = subprocess.run(["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
-                            "--clear-groups", sys.executable, "-c", "import shmarray"],
-                           capture_output=True, timeout=60,
-                           env={**os.environ,
-                                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
-    return "nobody" if probe.returncode == 0 else None
 
 
 def test_other_user_cannot_open_send_or_receive(name: str) -> None:
-    user = _nobody()
+    user = nobody_user()
     if user is None:
         pytest.skip("needs root, setpriv and a Python that user 'nobody' can run")
     with shmarray.Channel.create(name, slot_bytes=64, capacity=2) as ch:
