@@ -345,11 +345,6 @@ class BroadcastChannel(Channel):
     def _what(self) -> str:
         return f"broadcast channel {self.name!r}"
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"{self._what()} is closed in this process; open it again with "
-                              f"shmarray.Channel.open({self.name!r})")
-
     def _open_lock_fd(self) -> int:
         try:
             return os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
@@ -708,29 +703,8 @@ class BroadcastChannel(Channel):
         self._lock_fd = self._evict_fd = self._probe_fd = -1
         _open_objects.discard(self)
 
-    def unlink(self) -> None:
-        """Remove the channel (segment and control queue); processes that have it open keep
-        working on their mapping. Works after close(); a second unlink raises NotFoundError."""
-        _segment.unlink(self.name, self._nonce)
-
     def __enter__(self) -> BroadcastChannel:
         return self
-
-    def __exit__(self, *exc: Any) -> None:
-        """Close; the creating process also unlinks."""
-        self.close()
-        if self._owner_pid == os.getpid() and _segment.owned_nonce(self.name) == self._nonce:
-            try:
-                self.unlink()
-            except Exception:
-                pass
-
-    def __del__(self) -> None:
-        try:
-            if not self._closed:
-                self.close()
-        except Exception:
-            pass
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("producer" if self._producer else "unregistered")

@@ -113,7 +113,33 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class Frame:
+class _Lease:
+    """What Frame and FrameBatch share: ``with lease as array:`` releases at the end of the
+    block, and a lease collected unreleased releases itself. Subclasses hold ``_ch`` (None once
+    released) and ``array``, and define ``release()``."""
+
+    __slots__ = ()
+    _ch: Any
+    array: np.ndarray  # type: ignore[type-arg]
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> np.ndarray:  # type: ignore[type-arg]
+        return self.array
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        if self._ch is not None:
+            try:
+                self.release()
+            except Exception:
+                pass
+
+
+class Frame(_Lease):
     """A received frame: a lease on one ring slot.
 
     ``with frame as view:`` yields a read-only ndarray view of the slot (no copy) and releases
@@ -137,12 +163,6 @@ class Frame:
         #: read-only view of the frame in the slot
         self.array = array
 
-    def __enter__(self) -> np.ndarray:  # type: ignore[type-arg]
-        return self.array
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
     @property
     def released(self) -> bool:
         return self._ch is None
@@ -153,13 +173,6 @@ class Frame:
         if ch is not None:
             self._ch = None
             ch._release(self._slot, self.seq)
-
-    def __del__(self) -> None:
-        if self._ch is not None:
-            try:
-                self.release()
-            except Exception:
-                pass
 
     def __repr__(self) -> str:
         state = "released" if self._ch is None else "held"
@@ -222,7 +235,7 @@ if _FRAME_DTYPE.itemsize != ffi.sizeof("shm_ring_frame"):  # pragma: no cover
     raise ImportError("shmarray: shm_ring_frame layout changed; rebuild the package")
 
 
-class FrameBatch:
+class FrameBatch(_Lease):
     """A run of frames received by one call (``Channel.recv_many``): consecutive slots of one
     schema, seen as ONE zero-copy read-only array of shape ``(n, *frame_shape)``.
 
@@ -246,25 +259,12 @@ class FrameBatch:
     def __len__(self) -> int:
         return self._n
 
-    def __enter__(self) -> np.ndarray:  # type: ignore[type-arg]
-        return self.array
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
     def release(self) -> None:
         """Give every slot of the run back (idempotent). Never blocks."""
         ch = self._ch
         if ch is not None:
             self._ch = None
             ch._release_many(self._buf, self._n)
-
-    def __del__(self) -> None:
-        if self._ch is not None:
-            try:
-                self.release()
-            except Exception:
-                pass
 
 
 class Channel:
@@ -1116,8 +1116,9 @@ class Channel:
         _open_handles.discard(self)
 
     def unlink(self) -> None:
-        """Remove the channel (segment, semaphores, queue); processes that have it open keep
-        working on their mapping. Works after close(); a second unlink raises NotFoundError."""
+        """Remove the channel (its segment and every semaphore and queue its header lists);
+        processes that have it open keep working on their mapping. Works after close(); a
+        second unlink raises NotFoundError."""
         _segment.unlink(self.name, self._nonce)
 
     def __enter__(self) -> Channel:
