@@ -1,3 +1,8 @@
+import sys
+
 from setuptools import setup
 
-setup(cffi_modules=["csrc/build_ring.py:ffibuilder"])
+sys.path.insert(0, "csrc")
+from native_build import lease_extension  # noqa: E402  (csrc/native_build.py)
+
+setup(cffi_modules=["csrc/native_build.py:ffibuilder"], ext_modules=[lease_extension()])

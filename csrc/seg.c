@@ -52,6 +52,7 @@ const char *shm_seg_field(int rc) {
     case SHM_SEG_BAD_KIND: return "kind";
     case SHM_SEG_BAD_HEADER_SIZE: return "header_size";
     case SHM_SEG_NOT_READY: return "ready";
+    case SHM_SEG_BAD_READY: return "ready";
     case SHM_SEG_BAD_TOTAL_SIZE: return "total_size";
     case SHM_SEG_BAD_NAME: return "name";
     case SHM_SEG_BAD_OBJECTS: return "objects";
@@ -185,6 +186,7 @@ int shm_seg_read(const void *base, uint64_t len, shm_seg_info *out, int require_
     /* ready first (acquire), so the fields read below are the complete ones. */
     out->ready = shm_seg_ready(base, len);
     if (memcmp(p + OFF_MAGIC, MAGIC, 8) != 0) return SHM_SEG_BAD_MAGIC;
+    if (out->ready > 1) return SHM_SEG_BAD_READY; /* the creator writes only 0 and 1 */
     out->version_major = ld16(p, OFF_VMAJOR);
     out->version_minor = ld16(p, OFF_VMINOR);
     out->kind = ld32(p, OFF_KIND);
@@ -243,17 +245,21 @@ int shm_seg_read(const void *base, uint64_t len, shm_seg_info *out, int require_
     return SHM_SEG_OK;
 }
 
-static int ofd_lock(int fd, int cmd, short type, uint64_t byte, short *found) {
+static int ofd_lock_range(int fd, int cmd, short type, uint64_t byte, uint64_t len, short *found) {
     struct flock fl;
     memset(&fl, 0, sizeof fl);
     fl.l_type = type;
     fl.l_whence = SEEK_SET;
     fl.l_start = (off_t)byte;
-    fl.l_len = 1;
+    fl.l_len = (off_t)len;
     fl.l_pid = 0; /* required 0 for OFD locks */
     if (fcntl(fd, cmd, &fl) != 0) return -errno;
     if (found) *found = fl.l_type;
     return 0;
+}
+
+static int ofd_lock(int fd, int cmd, short type, uint64_t byte, short *found) {
+    return ofd_lock_range(fd, cmd, type, byte, 1, found);
 }
 
 int shm_seg_lock_try(int fd, uint64_t byte) {
@@ -265,6 +271,14 @@ int shm_seg_lock_try(int fd, uint64_t byte) {
 int shm_seg_lock_probe(int fd, uint64_t byte) {
     short found = F_UNLCK;
     int rc = ofd_lock(fd, F_OFD_GETLK, F_WRLCK, byte, &found);
+    if (rc) return rc;
+    return found != F_UNLCK;
+}
+
+int shm_seg_lock_probe_range(int fd, uint64_t start, uint64_t len) {
+    short found = F_UNLCK;
+    if (len == 0) return SHM_SEG_BAD_ARG;
+    int rc = ofd_lock_range(fd, F_OFD_GETLK, F_WRLCK, start, len, &found);
     if (rc) return rc;
     return found != F_UNLCK;
 }

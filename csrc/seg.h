@@ -73,6 +73,7 @@
 #define SHM_SEG_BAD_DTYPE -14
 #define SHM_SEG_BAD_SHAPE -15
 #define SHM_SEG_BAD_ARG -16
+#define SHM_SEG_BAD_READY -17
 
 /* A private, validated copy of a header (filled by shm_seg_read; the creator fills the same
  * struct and passes it to shm_seg_write). */
@@ -119,6 +120,8 @@ int shm_seg_read(const void *base, uint64_t len, shm_seg_info *out, int require_
  * drops them when the last descriptor of the description closes, i.e. when the holder dies. */
 int shm_seg_lock_try(int fd, uint64_t byte);     /* 0 taken, 1 held by another, -errno */
 int shm_seg_lock_probe(int fd, uint64_t byte);   /* 1 held by another description, 0 free, -errno */
+/* 1 when any byte of [start, start + len) is locked by another description, 0 if none, -errno */
+int shm_seg_lock_probe_range(int fd, uint64_t start, uint64_t len);
 int shm_seg_lock_release(int fd, uint64_t byte); /* 0, -errno */
 /* mprotect of a mapping: readonly 1 -> PROT_READ, 0 -> PROT_READ|PROT_WRITE. 0 or -errno. */
 int shm_seg_protect(void *addr, uint64_t len, int readonly);

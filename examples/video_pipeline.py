@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import shmarray
-from shmarray.demo import draw_number, make_background, png_bytes, read_number
+from shmarray.cli.demo import draw_number, make_background, png_bytes, read_number
 
 NAME, W, H, FPS, SECONDS = "camera0", 1920, 1080, 30, 3
 

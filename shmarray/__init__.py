@@ -4,12 +4,18 @@
     b = shmarray.attach("weights")            # in any process, zero copy
 """
 
-from ._segment import cleanup_on_sigterm
-from .channel import Channel, Frame, FrameBatch, Loan
-from .broadcast import BroadcastChannel, BroadcastFrame, Subscriber
-from .control import ControlQueue
+from ._os.segment import cleanup_on_sigterm
 from .array import OwnerDiedWarning, SharedArray, attach, create, from_array, unlink
-from .pool import Pool
+from .channel import (
+    BroadcastChannel,
+    BroadcastFrame,
+    Channel,
+    ControlQueue,
+    Frame,
+    FrameBatch,
+    Loan,
+    Subscriber,
+)
 from .errors import (
     AccessDeniedError,
     ClosedError,
@@ -26,8 +32,9 @@ from .errors import (
     WaitTimeoutError,
     WouldBlockError,
 )
+from .pool import Pool
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "SharedArray",

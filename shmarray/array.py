@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _names, _segment
-from ._native import ffi, lib
+from ._os import names as _names
+from ._os import segment as _segment
+from ._os.native import ffi, lib
 from .errors import ClosedError, CorruptSegmentError, ExistsError, NotFoundError
 
 __all__ = ["SharedArray", "OwnerDiedWarning", "create", "from_array", "attach", "unlink"]
@@ -347,7 +348,7 @@ def create(name: str | None = None, shape: Any = (), dtype: Any = float, *, orde
             info.shape[i] = s
         rc = lib.shm_seg_write(mapping.ptr(), mapping.size, info)
         if rc != 0:
-            from ._native import seg_field
+            from ._os.native import seg_field
             raise ValueError(f"cannot describe array {name!r}: field '{seg_field(rc)}' "
                              "is out of range")
         lib.shm_seg_publish(mapping.ptr())
@@ -378,12 +379,13 @@ def from_array(name: str | None, array: Any, **kwargs: Any) -> SharedArray:
     return out
 
 
-def attach(name: str, readonly: bool = False, timeout: float | None = None) -> SharedArray:
+def attach(name: str, readonly: bool = False, timeout: float | None = 0) -> SharedArray:
     """Map existing shared array ``name`` (zero copy); ``readonly`` maps it PROT_READ and makes
     every view refuse writes with ValueError.
 
-    Blocks until the segment exists and its creator has finished it, up to ``timeout``
-    (None: forever; 0: not at all). Warns OwnerDiedWarning when its creator is dead.
+    Fails at once with NotFoundError when it does not exist (``timeout=0``, the default, as
+    multiprocessing.shared_memory does); ``timeout=None`` or seconds waits that long for its
+    creator to create and finish it. Warns OwnerDiedWarning when its creator is dead.
     Raises NotFoundError, AccessDeniedError, CorruptSegmentError (a header field fails
     validation; the message names it).
     """

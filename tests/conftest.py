@@ -35,7 +35,9 @@ def no_leaks() -> Iterator[None]:
 
 def _remove_dead(files: set[str]) -> None:
     """Remove leftovers whose owner is dead; never a live process's (another test run's)."""
-    from shmarray import _names, _registry, _segment
+    from shmarray._os import names as _names
+    from shmarray._os import registry as _registry
+    from shmarray._os import segment as _segment
 
     for f in files:
         name = _names.from_segment_file(f)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from shmarray import bench
-from shmarray.bench import floor, report, runner
-from shmarray.bench import transports as T
+from shmarray.cli import bench
+from shmarray.cli.bench import floor, report, runner
+from shmarray.cli.bench import transports as T
 
 
 def tiny_plan(*transports: type[T.Transport],

@@ -1,22 +1,24 @@
-"""The installed package carries the compiled C core, and it matches the Python layer."""
+"""The installed package carries the compiled parts, and they match the Python layer."""
 
 import importlib.machinery
 import os
 
 import shmarray
-from shmarray import _native
+from shmarray._os import native
 
 
-def test_extension_is_compiled() -> None:
-    from shmarray import _ring
+def test_extensions_are_compiled() -> None:
+    from shmarray import _lease, _ring
 
-    assert _ring.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
-    assert os.path.exists(_ring.__file__)
+    for mod in (_ring, _lease):
+        assert mod.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+        assert os.path.exists(mod.__file__)
 
 
 def test_abi_matches() -> None:
-    assert _native.lib.shm_seg_abi_version() == _native.SEG_ABI_VERSION
-    assert _native.lib.shm_ring_abi_version() == _native.RING_ABI_VERSION
+    assert native.lib.shm_seg_abi_version() == native.SEG_ABI_VERSION
+    assert native.lib.shm_chan_abi_version() == native.CHAN_ABI_VERSION
+    assert native.lease.ABI_VERSION == native.CHAN_ABI_VERSION
 
 
 def test_public_api() -> None:

@@ -23,9 +23,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _faults, _names
-from ._native import ffi, lib, oserror, raise_corrupt
-from .errors import (
+from . import faults as _faults
+from . import names as _names
+from .native import ffi, lib, oserror, raise_corrupt
+from ..errors import (
     AccessDeniedError,
     CorruptSegmentError,
     ExistsError,
@@ -226,6 +227,15 @@ def owned_nonce(name: str) -> int | None:
     return o.nonce if o is not None and o.pid == os.getpid() else None
 
 
+def owned_fd(name: str, nonce: int) -> int:
+    """The descriptor this process created segment ``name`` (incarnation ``nonce``) with (its
+    owner lock lives on it): :func:`reopen` it for descriptors of that incarnation."""
+    o = _owned.get(name)
+    if o is None or o.pid != os.getpid() or o.nonce != nonce:
+        raise NotFoundError(f"segment {name!r} is not owned by this process")
+    return o.lock_fd
+
+
 # ---------------------------------------------------------------------------------------------
 # Create / open / unlink
 
@@ -419,10 +429,23 @@ def open_mapping(name: str, readonly: bool, timeout: float | None,
                  kind_hint: str = "segment") -> tuple[Mapping, Any]:
     """Open and map segment ``name`` once its header is complete; return (mapping, info).
 
-    Blocks until the segment exists and its creator has published its header, up to
-    ``timeout`` (None: forever). Raises NotFoundError (absent past the timeout),
-    AccessDeniedError, CorruptSegmentError (a header field fails validation, or the segment was
-    never finished: its creator died, or it stayed unpublished past the timeout).
+    As :func:`open_segment`, without keeping the descriptor."""
+    mapping, info, fd = open_segment(name, readonly, timeout, kind_hint)
+    os.close(fd)
+    return mapping, info
+
+
+def open_segment(name: str, readonly: bool, timeout: float | None,
+                 kind_hint: str = "segment") -> tuple[Mapping, Any, int]:
+    """Open and map segment ``name`` once its header is complete; return (mapping, info, fd).
+
+    ``fd`` is the descriptor of the incarnation that was mapped (the caller closes it): locks
+    and further mappings taken through it (:func:`reopen`) follow that incarnation even after
+    the name is unlinked and created again. Blocks until the segment exists and its creator has
+    published its header, up to ``timeout`` (None: forever; 0: not at all). Raises
+    NotFoundError (absent past the timeout), AccessDeniedError, CorruptSegmentError (a header
+    field fails validation, or the segment was never finished: its creator died, or it stayed
+    unpublished past the timeout).
     """
     _names.validate(name)
     path = _names.segment_path(name)
@@ -434,9 +457,10 @@ def open_mapping(name: str, readonly: bool, timeout: float | None,
             fd = os.open(path, _open_flags(readonly))
         except FileNotFoundError:
             if deadline.expired():
-                waited = "" if not timeout else f" after waiting {timeout:g} s"
+                waited = ("pass timeout=SECONDS to wait for its creator" if not timeout
+                          else f"waited {timeout:g} s for its creator")
                 raise NotFoundError(
-                    f"{kind_hint} {name!r} not found{waited} (is the producer running? "
+                    f"{kind_hint} {name!r} not found ({waited}; is the producer running? "
                     "'shmarray ls' lists segments)"
                 ) from None
             time.sleep(min(pause, deadline.slice()))
@@ -453,6 +477,7 @@ def open_mapping(name: str, readonly: bool, timeout: float | None,
             ) from None
         except OSError as exc:
             raise oserror(exc, f"cannot open {kind_hint} {name!r}") from exc
+        keep = False
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -465,21 +490,28 @@ def open_mapping(name: str, readonly: bool, timeout: float | None,
                 except OSError as exc:  # EMFILE (mmap dups the descriptor), ENOMEM
                     raise oserror(exc, f"cannot map {kind_hint} {name!r}") from exc
                 mapping = Mapping(name, mm, size, readonly)
-                ready = lib.shm_seg_ready(mapping.ptr(), size) == 1
+                word = int(lib.shm_seg_ready(mapping.ptr(), size))
+                ready = word == 1
                 # A segment being created has an all-zero magic until its header is written;
                 # any other wrong magic is not ours (or scribbled on): say so now.
+                if word > 1 and mm[:8] == bytes(8):  # the creator writes only 0, then 1
+                    raise_corrupt(f"{kind_hint} {name!r}", lib.SHM_SEG_BAD_READY,
+                                  f"it holds {word:#x}; 'shmarray clean {name}' removes the "
+                                  "segment once its owner is dead")
                 if ready or mm[:8] != bytes(8):
                     rc, info = read_header(mapping)
                     if rc != 0 and (ready or rc != lib.SHM_SEG_NOT_READY):
                         raise_corrupt(f"{kind_hint} {name!r}", rc,
                                       f"'shmarray clean {name}' removes it if its owner is dead")
                     if rc == 0:
-                        return mapping, info
+                        keep = True
+                        return mapping, info, fd
                 del mapping, mm
             # Not complete yet: still being created, or abandoned by a dead creator.
             alive = probe_owner(name, fd)
         finally:
-            os.close(fd)
+            if not keep:
+                os.close(fd)
         dead_polls = dead_polls + 1 if alive is False else 0
         if dead_polls >= 3:
             raise CorruptSegmentError(
@@ -493,6 +525,13 @@ def open_mapping(name: str, readonly: bool, timeout: float | None,
             )
         time.sleep(min(pause, deadline.slice()))
         pause = min(pause * 2, 0.05)
+
+
+def reopen(fd: int, readonly: bool = False) -> int:
+    """A new open file description of the file behind ``fd`` (not of whatever now bears its
+    name): liveness locks taken through it belong to the incarnation ``fd`` opened."""
+    # (no O_NOFOLLOW: /proc/self/fd/N is the magic link to the file itself)
+    return os.open(f"/proc/self/fd/{fd}", (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
 
 
 def unlink_objects(objects: list[str]) -> None:

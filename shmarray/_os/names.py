@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from .errors import InvalidNameError
+from ..errors import InvalidNameError
 
 PREFIX = "shmarray."
 SHM_DIR = "/dev/shm"

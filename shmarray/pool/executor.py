@@ -51,70 +51,51 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
-import io
 import itertools
-import math
 import multiprocessing
 import multiprocessing.connection
 import os
-import pickle
 import queue
 import signal
-import struct
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable, Iterable, Iterator, Literal, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 
-from . import _names, _segment
-from ._native import lib
-from .array import SharedArray, attach, create
-from .array import unlink as _unlink_segment
-from .channel import Channel
-from .errors import (
-    ClosedError,
-    CorruptSegmentError,
-    InternalError,
-    PeerDiedError,
-    ShmArrayError,
-    StreamEnded,
-    WaitTimeoutError,
+from .._os import names as _names
+from ..array import create
+from ..channel import Channel
+from ..errors import InternalError, PeerDiedError, ShmArrayError, StreamEnded, WaitTimeoutError
+from .packing import ERR, Payload, Ref, format_tb, named_in_frame, result_of, spill, sweep
+from .packing import unlink_quietly, unpack
+from .worker import (
+    BUSY,
+    COLS,
+    GONE,
+    IDLE,
+    INIT_FAILED,
+    INIT_FAILED_TAG,
+    JOB,
+    JOIN_TIMEOUT,
+    STARTING,
+    STATE,
+    WorkerConfig,
+    call_chunk,
+    worker_main,
 )
 
 __all__ = ["Pool"]
 
 _SLICE = 0.1  # s: the longest any pool thread waits before looking around
-_WORKER_SLICE = 1.0  # s: a worker's wait slice (its watchdog notices a dead parent)
-_WATCHDOG = 0.5  # s: how often a worker checks that its parent lives
-_JOIN_TIMEOUT = 5.0  # s: how long shutdown waits for workers to exit before terminating them
-_LOST_GRACE = 2.0  # s: see _Core._check_lost
+_LOST_GRACE = 2.0  # s: see _Core.check_lost
 _START_FAILURES = 3  # consecutive workers dying before they are ready: the pool is broken
-
-_ALIGN = 64
-_PREFIX = struct.Struct("<4sIQ")  # magic, header length, data length
-_INLINE = b"SHP1"
-_NAMED = b"SHP2"
 _MIN_SLOT = 64 * 1024
 _SLOT_HEADROOM = 4096
-_INIT_FAILED_TAG = (1 << 64) - 1
-
-# worker table: one row of int64 per worker
-_PID, _STATE, _JOB, _DONE = range(4)
-_COLS = 4
-_STARTING, _IDLE, _BUSY, _EXITED, _INIT_FAILED = 1, 2, 3, 4, 5
-
-_OK, _ERR = 0, 1
-_GONE = 4  # exit status of a worker that found the pool's segments gone
-
-
-def _align(n: int) -> int:
-    return -(-n // _ALIGN) * _ALIGN
 
 
 def _round_up(n: int, to: int) -> int:
@@ -125,218 +106,7 @@ def _next_pow2(n: int) -> int:
     return 1 << max(1, (n - 1).bit_length())
 
 
-# ---------------------------------------------------------------------------------------------
-# Frames: a pickled header with every array out of band, in one buffer
-
-
-class _Packer(pickle.Pickler):
-    """Pickles an object with each plain ndarray replaced by a reference into the data area."""
-
-    def __init__(self, file: io.BytesIO) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.arrays: list[tuple[np.ndarray[Any, Any], int]] = []  # (source, offset)
-        self.size = 0
-        self._refs: dict[int, tuple[Any, ...]] = {}
-
-    def persistent_id(self, obj: Any) -> Any:  # noqa: D102 (pickle's hook)
-        t = type(obj)
-        if t is not np.ndarray and not (t is SharedArray and obj.name is None):
-            return None  # named SharedArrays pickle by name; everything else in the header
-        dt = obj.dtype
-        if dt.hasobject or dt.itemsize == 0:
-            return None
-        ref = self._refs.get(id(obj))
-        if ref is not None:  # the same array twice: one copy, one object on the other side
-            return ref
-        off = _align(self.size)
-        fortran = obj.ndim > 1 and obj.flags.f_contiguous and not obj.flags.c_contiguous
-        src = obj.T if fortran else obj  # an F-ordered array travels as its C-ordered transpose
-        self.size = off + obj.nbytes
-        simple = dt.fields is None and dt.subdtype is None and dt.metadata is None
-        ref = (off, dt.str if simple else dt, obj.shape, fortran)
-        self.arrays.append((src, off))  # keeps obj alive, so its id stays unique
-        self._refs[id(obj)] = ref
-        return ref
-
-
-class _Payload:
-    """A packed object, ready to be written into a slot or a one-off segment."""
-
-    __slots__ = ("header", "arrays", "data_len", "data_start", "total")
-
-    def __init__(self, obj: Any) -> None:
-        buf = io.BytesIO()
-        p = _Packer(buf)
-        p.dump(obj)
-        self.header = buf.getvalue()
-        self.arrays = p.arrays
-        self.data_len = p.size
-        self.data_start = _align(_PREFIX.size + len(self.header))
-        self.total = self.data_start + self.data_len
-
-    def write(self, out: np.ndarray[Any, Any]) -> None:
-        """Write into ``out`` (writable uint8, at least ``total`` bytes): one copy per array."""
-        h = len(self.header)
-        _PREFIX.pack_into(out, 0, _INLINE, h, self.data_len)  # type: ignore[arg-type]
-        out[_PREFIX.size:_PREFIX.size + h] = np.frombuffer(self.header, np.uint8)
-        base = self.data_start
-        for src, off in self.arrays:
-            n = src.nbytes
-            if n:
-                dst = out[base + off:base + off + n].view(src.dtype).reshape(src.shape)
-                np.copyto(dst, src, casting="no")
-
-
-class _Ref:
-    """A frame that only names the one-off segment holding the real payload."""
-
-    __slots__ = ("name", "size")
-
-    def __init__(self, name: str, size: int) -> None:
-        self.name = name.encode()
-        self.size = size
-
-    def write(self, out: np.ndarray[Any, Any]) -> None:
-        n = len(self.name)
-        _PREFIX.pack_into(out, 0, _NAMED, n, self.size)  # type: ignore[arg-type]
-        out[_PREFIX.size:_PREFIX.size + n] = np.frombuffer(self.name, np.uint8)
-
-
-def _spill(payload: _Payload, name: str) -> _Ref:
-    """Write ``payload`` into a new one-off shared array ``name``; the caller owns it."""
-    seg = create(name, shape=(payload.total,), dtype=np.uint8, reserve=True)
-    try:
-        payload.write(seg.view(np.ndarray))
-    except BaseException:
-        _unlink_quietly(name)
-        raise
-    return _Ref(name, payload.total)
-
-
-class _Unpacker(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, data: np.ndarray[Any, Any], copy: bool) -> None:
-        super().__init__(file)
-        self._data = data
-        self._copy = copy
-        self._seen: dict[Any, Any] = {}
-
-    def persistent_load(self, pid: Any) -> Any:  # noqa: D102 (pickle's hook)
-        got = self._seen.get(pid)
-        if got is not None:
-            return got
-        try:
-            off, code, shape, fortran = pid
-            dt = np.dtype(code)
-            n = math.prod(shape) * dt.itemsize
-        except (TypeError, ValueError) as exc:
-            raise pickle.UnpicklingError(f"bad array reference {pid!r} in a pool frame") from exc
-        if off < 0 or off + n > len(self._data):
-            raise CorruptSegmentError(f"a pool frame references bytes {off}..{off + n} beyond its "
-                                      f"data area ({len(self._data)} bytes)")
-        flat = self._data[off:off + n].view(dt)
-        arr = flat.reshape(tuple(shape)[::-1]).T if fortran else flat.reshape(shape)
-        if self._copy:
-            arr = arr.copy(order="K")
-        self._seen[pid] = arr
-        return arr
-
-
-def _unpack(buf: np.ndarray[Any, Any], *, copy: bool, unlink_named: bool) -> Any:
-    """Rebuild the object in frame ``buf``. Arrays are views of the frame (writable, or copies
-    with ``copy``); a named payload is attached (and unlinked at once with ``unlink_named``:
-    the mapping outlives the name, so its arrays need no copy)."""
-    magic, hlen, dlen = _PREFIX.unpack_from(buf, 0)  # type: ignore[arg-type, call-overload]
-    if magic == _NAMED:
-        if _PREFIX.size + hlen > len(buf):
-            raise CorruptSegmentError("a pool frame names a payload beyond its slot")
-        name = bytes(buf[_PREFIX.size:_PREFIX.size + hlen]).decode()
-        try:
-            buf = _map_spill(name)
-        finally:
-            if unlink_named:
-                _unlink_quietly(name)
-        copy = False  # a one-off segment is nobody else's once its name is gone
-        magic, hlen, dlen = _PREFIX.unpack_from(buf, 0)  # type: ignore[arg-type, call-overload]
-    if magic != _INLINE:
-        raise CorruptSegmentError(f"a pool frame starts with {magic!r}, not a pool header")
-    start = _align(_PREFIX.size + hlen)
-    if start + dlen > len(buf):
-        raise CorruptSegmentError(f"a pool frame of {len(buf)} bytes claims {start + dlen}")
-    header = bytes(buf[_PREFIX.size:_PREFIX.size + hlen])
-    data = buf[start:start + dlen]
-    if not copy and not data.flags.writeable:
-        # The slot is this worker's alone until it releases the frame: writing to it is as
-        # private as writing to an unpickled copy (what ProcessPoolExecutor hands out).
-        data = data.view()
-        data.flags.writeable = True
-    return _Unpacker(io.BytesIO(header), data, copy).load()
-
-
-def _map_spill(name: str) -> np.ndarray[Any, Any]:
-    """Map one-off segment ``name`` as writable uint8. Not attach(): that warns when the
-    creator has died, and a worker that died right after sending its result is no reason to
-    warn (or, under -W error, to fail) about a result that is complete."""
-    mapping, info = _segment.open_mapping(name, False, 0, "pool payload")
-    off, n = int(info.data_offset), int(info.nbytes)
-    if int(info.kind) != lib.SHM_SEG_KIND_ARRAY or off + n > mapping.size:
-        raise CorruptSegmentError(f"pool payload {name!r} is not a one-off pool segment")
-    return np.ndarray((n,), np.uint8, buffer=mapping.mm, offset=off)  # keeps the mmap alive
-
-
-def _named_in_frame(buf: np.ndarray[Any, Any]) -> str | None:
-    """The one-off segment a frame names, if any (for frames dropped unread)."""
-    try:
-        magic, hlen, _ = _PREFIX.unpack_from(buf, 0)  # type: ignore[arg-type, call-overload]
-        if magic == _NAMED and _PREFIX.size + hlen <= len(buf):
-            return bytes(buf[_PREFIX.size:_PREFIX.size + hlen]).decode()
-    except (struct.error, UnicodeDecodeError):
-        pass
-    return None
-
-
-def _unlink_quietly(name: str) -> None:
-    try:
-        _unlink_segment(name)
-    except (ShmArrayError, OSError):
-        pass
-
-
-def _sweep(stem: str) -> None:
-    """Unlink every segment whose name starts with ``stem`` (with what its header lists)."""
-    try:
-        files = os.listdir(_names.SHM_DIR)
-    except OSError:
-        return
-    for f in files:
-        name = _names.from_segment_file(f)
-        if name is not None and name.startswith(stem):
-            _unlink_quietly(name)
-
-
-class _RemoteTraceback(Exception):
-    """The worker's traceback, attached as ``__cause__`` (as concurrent.futures does)."""
-
-    def __init__(self, tb: str) -> None:
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
-def _format_tb(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-
-
-def _outcome(value: Any) -> Any:
-    """The caller's side of a worker's outcome tuple: the value, or raise the exception."""
-    if value[0] == _OK:
-        return value[1]
-    exc, tb = value[1], value[2]
-    exc.__cause__ = _RemoteTraceback(f'\n"""\n{tb}"""')
-    raise exc
-
-
-def _exit_text(code: int | None) -> str:
+def exit_text(code: int | None) -> str:
     if code is None:
         return "exit status unknown"
     if code < 0:
@@ -349,162 +119,12 @@ def _exit_text(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _call_chunk(fn: Callable[..., Any], chunk: tuple[tuple[Any, ...], ...]) -> list[Any]:
-    """Run ``fn`` over a chunk of argument tuples in a worker (``chunksize > 1``)."""
-    return [fn(*args) for args in chunk]
-
-
-def _fn_name(fn: Any) -> str:
+def fn_name(fn: Any) -> str:
     mod = getattr(fn, "__module__", None)
     qual = getattr(fn, "__qualname__", None)
     if qual is None:
         return repr(fn)[:80]
     return f"{mod}.{qual}" if mod else str(qual)
-
-
-# ---------------------------------------------------------------------------------------------
-# The worker process
-
-
-class _WorkerConfig(NamedTuple):
-    base: str
-    slot: int
-    table: str
-    tasks: str
-    results: str
-
-
-def _watchdog(table: str, spills: list[str]) -> None:
-    """Exit this worker once the pool's parent is gone (its owner lock on the table dropped,
-    or the table unlinked): workers never outlive their parent."""
-    while True:
-        time.sleep(_WATCHDOG)
-        if _segment.probe_owner(table) is not True:
-            for name in list(spills):
-                _unlink_quietly(name)
-            os._exit(0)
-
-
-class _Worker:
-    def __init__(self, cfg: _WorkerConfig, row: np.ndarray[Any, Any]) -> None:
-        self.cfg = cfg
-        self.row = row
-        self.spills: list[str] = []  # one-off result segments the parent has not unlinked yet
-        self.count = itertools.count()
-        self.tasks = Channel.open(cfg.tasks, timeout=0)  # made before any worker starts
-        self.results = Channel.open(cfg.results, timeout=0)
-
-    def sweep(self) -> None:
-        """Forget result segments the parent has unlinked (closes their owner-lock files)."""
-        for name in list(self.spills):
-            if not os.path.exists(_names.segment_path(name)):
-                self.spills.remove(name)
-                _unlink_quietly(name)  # gone: this only drops our ownership record
-
-    def send(self, outcome: Any, tag: int) -> None:
-        try:
-            payload = _Payload(outcome)
-        except BaseException as exc:
-            if outcome[0] == _OK:
-                outcome = (_ERR, exc, _format_tb(exc))
-            else:  # the exception itself does not pickle: send what can be said of it
-                orig = outcome[1]
-                outcome = (_ERR, RuntimeError(f"{type(orig).__name__}: {orig} (the exception "
-                                              f"could not be pickled: {exc!r})"), outcome[2])
-            try:
-                payload = _Payload(outcome)
-            except BaseException as again:
-                payload = _Payload((_ERR, RuntimeError(f"the outcome could not be pickled: "
-                                                       f"{again!r}"), outcome[2]))
-        frame: _Payload | _Ref = payload
-        if payload.total > self.results.slot_bytes:
-            name = f"{self.cfg.base}-o{os.getpid()}-{next(self.count)}"
-            try:
-                frame = _spill(payload, name)
-                self.spills.append(name)
-            except BaseException as exc:
-                frame = _Payload((_ERR, exc, _format_tb(exc)))
-        slot = self.results.slot_bytes
-        while True:
-            try:
-                loan = self.results.loan((slot,), np.uint8, timeout=_WORKER_SLICE, tag=tag)
-                break
-            except WaitTimeoutError:
-                continue  # the parent is slow; the watchdog ends us if it died
-        with loan as out:
-            frame.write(out)
-
-    def run(self) -> None:
-        row, tasks = self.row, self.tasks
-        while True:
-            row[_STATE] = _IDLE
-            try:
-                frame = tasks.recv(timeout=_WORKER_SLICE)
-            except WaitTimeoutError:
-                self.sweep()
-                continue
-            except (StreamEnded, PeerDiedError, ClosedError):
-                return
-            tag = frame.tag
-            row[_JOB] = tag
-            row[_STATE] = _BUSY
-            try:
-                try:
-                    fn, args, kwargs = _unpack(frame.array, copy=False, unlink_named=False)
-                    outcome: Any = (_OK, fn(*args, **kwargs))
-                except BaseException as exc:
-                    outcome = (_ERR, exc, _format_tb(exc))
-                    exc.__traceback__ = None  # its frames hold views of the slot
-                fn = args = kwargs = None
-                self.send(outcome, tag)
-                outcome = None
-            finally:
-                frame.release()
-            row[_DONE] += 1
-            if self.spills:
-                self.sweep()
-
-
-def _worker_main(cfg: _WorkerConfig, initializer: Callable[..., Any] | None,
-                 initargs: tuple[Any, ...]) -> None:
-    """Entry point of a pool worker (started by multiprocessing with any start method)."""
-    # Ctrl-C reaches the whole process group: the parent decides what to stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        table = attach(cfg.table, timeout=0)  # made before any worker starts
-    except ShmArrayError:
-        raise SystemExit(_GONE) from None  # the pool is gone (or its segments were removed)
-    row = table.view(np.ndarray)[cfg.slot]
-    row[_PID] = os.getpid()
-    try:
-        worker = _Worker(cfg, row)
-    except ShmArrayError:
-        raise SystemExit(_GONE) from None
-    threading.Thread(target=_watchdog, args=(cfg.table, worker.spills), daemon=True,
-                     name="shmarray-pool-watchdog").start()
-    if initializer is not None:
-        try:
-            initializer(*initargs)
-        except BaseException as exc:
-            row[_STATE] = _INIT_FAILED
-            worker.send((_ERR, exc, _format_tb(exc)), _INIT_FAILED_TAG)
-            raise SystemExit(3) from None
-    try:
-        worker.run()
-    except PeerDiedError:
-        pass  # the parent's collector is gone: nobody to report to
-    finally:
-        row[_STATE] = _EXITED
-        worker.tasks.close()
-        worker.results.close()
-        deadline = time.monotonic() + _JOIN_TIMEOUT
-        while worker.spills and time.monotonic() < deadline:  # let the parent take them
-            worker.sweep()
-            time.sleep(0.01)
-
-
-# ---------------------------------------------------------------------------------------------
-# The parent
 
 
 class _Job:
@@ -519,10 +139,10 @@ class _Job:
         self.fn: Callable[..., Any] | None = fn
         self.args: tuple[Any, ...] | None = args
         self.kwargs: dict[str, Any] | None = kwargs
-        self.fn_name = _fn_name(fn)
+        self.fn_name = fn_name(fn)
         self.attempts = 0
         self.seq: int | None = None  # the position of its frame in the task ring, once sent
-        self.spill: _Ref | None = None  # its one-off input segment, if it needed one
+        self.spill: Ref | None = None  # its one-off input segment, if it needed one
 
 
 class _Core:
@@ -581,7 +201,7 @@ class _Core:
         need = 0
         for sample in itertools.islice(samples, 16):
             try:
-                need = max(need, _Payload(sample).total)
+                need = max(need, Payload(sample).total)
             except Exception:
                 pass  # it will fail again when sent, and reach its future then
         task = max(_MIN_SLOT, _round_up(need + _SLOT_HEADROOM, 4096))
@@ -594,7 +214,7 @@ class _Core:
                                   max_participants=min(1024, max(64, self.processes + 8)),
                                   control_messages=1, control_message_size=64)
         try:
-            self.table = create(f"{self.base}-w", shape=(self.processes, _COLS), dtype=np.int64)
+            self.table = create(f"{self.base}-w", shape=(self.processes, COLS), dtype=np.int64)
             self.tab = self.table.view(np.ndarray)
             self.tasks = Channel.create(f"{self.base}-t", slot_bytes=task_slot, **kw)
             self.results = Channel.create(f"{self.base}-r", slot_bytes=result_slot, **kw)
@@ -606,8 +226,8 @@ class _Core:
             for p in self.procs:
                 if p is not None:
                     p.kill()
-                    p.join(_JOIN_TIMEOUT)
-            _sweep(f"{self.base}-")
+                    p.join(JOIN_TIMEOUT)
+            sweep(f"{self.base}-")
             raise
         self.started = True
         # workers first: with the fork start method, forking before our threads exist is safer
@@ -620,10 +240,10 @@ class _Core:
         atexit.register(self.at_exit)
 
     def spawn(self, i: int) -> None:
-        self.tab[i] = (0, _STARTING, 0, 0)
-        cfg = _WorkerConfig(self.base, i, self.table.name or "", self.tasks.name,
+        self.tab[i] = (0, STARTING, 0, 0)
+        cfg = WorkerConfig(self.base, i, self.table.name or "", self.tasks.name,
                             self.results.name)
-        p = self.ctx.Process(target=_worker_main, args=(cfg, self.initializer, self.initargs),
+        p = self.ctx.Process(target=worker_main, args=(cfg, self.initializer, self.initargs),
                              name=f"shmarray-pool-{self.base}-{i}")
         p.start()
         self.procs[i] = p
@@ -673,15 +293,15 @@ class _Core:
             with self.lock:
                 self.jobs.pop(job.id, None)
             return
-        frame: _Payload | _Ref
+        frame: Payload | Ref
         if job.spill is not None:
             frame = job.spill
         else:
             try:
-                payload = _Payload((job.fn, job.args, job.kwargs))
+                payload = Payload((job.fn, job.args, job.kwargs))
                 frame = payload
                 if payload.total > self.tasks.slot_bytes:
-                    frame = job.spill = _spill(payload, f"{self.base}-i{job.task}")
+                    frame = job.spill = spill(payload, f"{self.base}-i{job.task}")
                 del payload
             except BaseException as exc:
                 self.finish(job, exc=exc)
@@ -752,25 +372,25 @@ class _Core:
             job = self.jobs.pop(tag, None)
         try:
             if job is None:
-                if tag == _INIT_FAILED_TAG:
+                if tag == INIT_FAILED_TAG:
                     self.on_init_failed(frame.array)
                 else:  # a task already given up on: drop it, and its one-off segment
-                    name = _named_in_frame(frame.array)
+                    name = named_in_frame(frame.array)
                     if name is not None:
-                        _unlink_quietly(name)
+                        unlink_quietly(name)
                 return
             try:
-                outcome = _unpack(frame.array, copy=True, unlink_named=True)
+                outcome = unpack(frame.array, copy=True, unlink_named=True)
             except BaseException as exc:
-                outcome = (_ERR, exc, _format_tb(exc))
+                outcome = (ERR, exc, format_tb(exc))
         finally:
             frame.release()
         self.resolve(job, outcome)
 
     def on_init_failed(self, buf: np.ndarray[Any, Any]) -> None:
         try:
-            outcome = _unpack(buf, copy=True, unlink_named=True)
-            _outcome(outcome)
+            outcome = unpack(buf, copy=True, unlink_named=True)
+            result_of(outcome)
         except BaseException as exc:
             self.set_broken(BrokenProcessPool(
                 f"the initializer raised {exc!r} in a worker of pool {self.base}: the pool is "
@@ -778,7 +398,7 @@ class _Core:
 
     def resolve(self, job: _Job, outcome: Any) -> None:
         try:
-            value = _outcome(outcome)
+            value = result_of(outcome)
         except BaseException as exc:
             self.finish(job, exc=exc)
         else:
@@ -788,7 +408,7 @@ class _Core:
         with self.lock:
             self.jobs.pop(job.id, None)
         if job.spill is not None:
-            _unlink_quietly(job.spill.name.decode())
+            unlink_quietly(job.spill.name.decode())
             job.spill = None
         job.fn = job.args = job.kwargs = None
         try:
@@ -808,25 +428,25 @@ class _Core:
 
     def on_worker_exit(self, i: int) -> None:
         p = self.procs[i]
-        p.join(_JOIN_TIMEOUT)
+        p.join(JOIN_TIMEOUT)
         self.procs[i] = None
         self.drain()  # what it sent before dying is the caller's
-        state, job_id = int(self.tab[i, _STATE]), int(self.tab[i, _JOB])
-        _sweep(f"{self.base}-o{p.pid}-")  # result segments it made and never sent
-        what = f"worker {i} (pid {p.pid}) of pool {self.base} died ({_exit_text(p.exitcode)})"
-        if state == _BUSY:
+        state, job_id = int(self.tab[i, STATE]), int(self.tab[i, JOB])
+        sweep(f"{self.base}-o{p.pid}-")  # result segments it made and never sent
+        what = f"worker {i} (pid {p.pid}) of pool {self.base} died ({exit_text(p.exitcode)})"
+        if state == BUSY:
             with self.lock:
                 job = self.jobs.get(job_id)
             if job is not None:
                 self.lost(job, what)
-        elif state == _IDLE:
+        elif state == IDLE:
             # It may have taken a frame but not yet recorded it: check_lost finds that task.
             self.suspects.append(what)
-        if state == _STARTING:
+        if state == STARTING:
             self.start_failures += 1
-        elif state != _INIT_FAILED:
+        elif state != INIT_FAILED:
             self.start_failures = 0
-        if p.exitcode == _GONE:
+        if p.exitcode == GONE:
             gone = [n for n in (self.table.name, self.tasks.name, self.results.name)
                     if n and not os.path.exists(_names.segment_path(n))]
             if gone:
@@ -840,7 +460,7 @@ class _Core:
                 f"{what} before it was ready, {self.start_failures} workers in a row: the pool "
                 "is not usable anymore (can the workers import their module? is memory short?)"))
             return
-        if state == _INIT_FAILED or self.broken is not None or self.killing:
+        if state == INIT_FAILED or self.broken is not None or self.killing:
             return
         with self.lock:
             needed = bool(self.jobs) or not self.stopping
@@ -876,8 +496,8 @@ class _Core:
         record what it took (microseconds; _LOST_GRACE allows for a descheduled one)."""
         self.drain()
         consumed = int(self.monitor.stats()["consumed"])
-        held = {int(self.tab[i, _JOB]) for i, p in enumerate(self.procs)
-                if p is not None and int(self.tab[i, _STATE]) == _BUSY}
+        held = {int(self.tab[i, JOB]) for i, p in enumerate(self.procs)
+                if p is not None and int(self.tab[i, STATE]) == BUSY}
         with self.lock:
             if not self.jobs:
                 self.suspects.clear()
@@ -936,7 +556,7 @@ class _Core:
                 if job.seq is None and job.attempts == 0 and job.future.cancel():
                     self.jobs.pop(job.id, None)
         if started and threading.current_thread() is not self.collector:
-            self.finished.wait(_JOIN_TIMEOUT * 3)
+            self.finished.wait(JOIN_TIMEOUT * 3)
 
     def at_exit(self) -> None:
         if os.getpid() == self.pid:
@@ -950,8 +570,8 @@ class _Core:
     def teardown(self) -> None:
         """In the collector thread, last: workers joined (or terminated), segments removed."""
         if self.feeder is not None:
-            self.feeder.join(_JOIN_TIMEOUT)
-        grace = 1.0 if (self.killing or self.broken is not None) else _JOIN_TIMEOUT
+            self.feeder.join(JOIN_TIMEOUT)
+        grace = 1.0 if (self.killing or self.broken is not None) else JOIN_TIMEOUT
         deadline = time.monotonic() + grace
         for p in self.procs:
             if p is not None and not self.killing:
@@ -981,7 +601,7 @@ class _Core:
             self.table.unlink()
         except ShmArrayError:
             pass
-        _sweep(f"{self.base}-")
+        sweep(f"{self.base}-")
         try:
             atexit.unregister(self.at_exit)
         except Exception:
@@ -1090,12 +710,12 @@ class Pool(Executor):
         if chunksize == 1:
             self._core.ensure_started((fn, a, {}) for a in items)
         else:
-            self._core.ensure_started((_call_chunk, (fn, tuple(items[i:i + chunksize])), {})
+            self._core.ensure_started((call_chunk, (fn, tuple(items[i:i + chunksize])), {})
                                       for i in range(0, len(items), chunksize))
         if chunksize == 1:
             fs = [self.submit(fn, *a) for a in items]
         else:
-            fs = [self.submit(_call_chunk, fn, tuple(items[i:i + chunksize]))
+            fs = [self.submit(call_chunk, fn, tuple(items[i:i + chunksize]))
                   for i in range(0, len(items), chunksize)]
         del items
         return self._in_order(fs, end_time, chunksize > 1)
@@ -1139,13 +759,13 @@ class Pool(Executor):
 
         def submit(x: Any) -> Future[Any]:
             if chunksize > 1:
-                return self.submit(_call_chunk, fn, x)
+                return self.submit(call_chunk, fn, x)
             return self.submit(fn, x)
 
         first = list(itertools.islice(it, self._window))
         if first:
             if chunksize > 1:
-                self._core.ensure_started((_call_chunk, (fn, c), {}) for c in first)
+                self._core.ensure_started((call_chunk, (fn, c), {}) for c in first)
             else:
                 self._core.ensure_started((fn, (x,), {}) for x in first)
         pending = [submit(x) for x in first]

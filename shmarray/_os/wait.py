@@ -1,14 +1,15 @@
-"""Blocking waits: spin briefly, then sleep on a named POSIX semaphore.
+"""Blocking waits: spin briefly, then sleep on a futex word of the channel's segment.
 
-The eventcount protocol (RING.md §3.4): a waiter *arms* (increments the ring's waiter count
-with a seq_cst fence, in C), re-checks the ring, and only then sleeps on the semaphore; the
-other side posts only when it sees the count non-zero after its own seq_cst fence. So no wake-up
-is lost, and a stream whose consumer keeps up makes no system call per frame.
+The eventcount protocol (RING.md §3.4; csrc/chan.h): a waiter *arms* (snapshots the epoch and
+increments the waiter count with a seq_cst fence, in C), re-checks, and only then sleeps on
+the epoch; the other side wakes only when it sees the count non-zero after its own seq_cst
+fence. So no wake-up is lost, and a stream whose consumer keeps up makes no system call per
+frame.
 
 Every wait takes ``timeout=None | 0 | seconds`` and sleeps in slices of at most 100 ms against
 a monotonic deadline; between slices it lets Python run signal handlers and calls the
 caller's ``between`` hook (the channel probes its peers' liveness there). The GIL is released
-while spinning (inside the C call) and while sleeping (posix_ipc releases it).
+while spinning and while sleeping (inside the C calls).
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import os
 import time
 from typing import Any, Callable
 
-import posix_ipc
-
-from . import _faults
-from ._segment import Deadline
+from . import faults as _faults
+from .native import lib
+from .segment import Deadline
 
 SLICE = 0.1  # seconds: the longest sleep between liveness checks
 DEFAULT_SPIN_NS = 50_000  # a sleep costs ~22 us to wake here; spin about two wake latencies
@@ -68,17 +68,17 @@ class Spin:
             self.ns = self.ns // 2 if self.ns > 1000 else 0
 
 
-def wait(op: Callable[[int], int], wouldblock: int, arm: Callable[[], Any],
-         disarm: Callable[[], Any], sem: Any, timeout: float | None, spin: Spin,
-         between: Callable[[], BaseException | None],
-         on_timeout: Callable[[bool], BaseException]) -> int:
+def wait(op: Callable[[int], Any], wouldblock: int, handle: Any, which: int,
+         timeout: float | None, spin: Spin, between: Callable[[], BaseException | None],
+         on_timeout: Callable[[bool], BaseException]) -> Any:
     """Run ``op(spin_ns)`` until it returns something other than ``wouldblock``.
 
     ``op`` is called with a spin budget (ns) and spins inside C for at most that long. Then the
-    waiter arms, re-checks with ``op(0)``, and sleeps on ``sem`` for one slice at a time,
-    calling ``between()`` after every slice that ended without a post: it probes the peers and
-    returns the exception to raise (e.g. PeerDiedError) if ``op`` still blocks after it.
-    Raises ``on_timeout(timeout == 0)`` when the deadline passes.
+    waiter arms direction ``which`` of the channel ``handle`` (a ``shm_chan_t *``), re-checks
+    with ``op(0)``, and sleeps on the channel's futex for one slice at a time, calling
+    ``between()`` after every slice that ended without a wake: it probes the peers and returns
+    the exception to raise (e.g. PeerDiedError) if ``op`` still blocks after it. Raises
+    ``on_timeout(timeout == 0)`` when the deadline passes.
     """
     if timeout == 0:
         rc = op(0)
@@ -91,7 +91,7 @@ def wait(op: Callable[[int], int], wouldblock: int, arm: Callable[[], Any],
     point = _faults.point  # fault points (tests/faults): a no-op unless SHMARRAY_FAULT is set
     while rc == wouldblock:
         point("wait.spun")
-        arm()
+        lib.shm_chan_arm(handle, which)
         try:
             point("wait.armed")
             rc = op(0)
@@ -100,19 +100,15 @@ def wait(op: Callable[[int], int], wouldblock: int, arm: Callable[[], Any],
             step = deadline.slice(SLICE)
             if step <= 0:
                 raise on_timeout(False)
-            posted = False
             point("wait.sleep")
-            try:
-                sem.acquire(step)
-                posted = True
+            # OK: woken (or the epoch moved); TIMEOUT: the slice passed; INTR: a signal, whose
+            # Python handler runs at the next bytecode (KeyboardInterrupt...)
+            woken = lib.shm_chan_sleep(handle, which, max(1, int(step * 1e9))) == 0
+            if woken:
                 point("wait.woken")
-            except posix_ipc.BusyError:
-                pass
-            except posix_ipc.SignalError:
-                pass  # Python runs its handlers at the next bytecode (KeyboardInterrupt...)
         finally:
-            disarm()
-        if not posted:
+            lib.shm_chan_disarm(handle, which)
+        if not woken:
             gone = between()
             rc = op(0)
             if rc == wouldblock and gone is not None:

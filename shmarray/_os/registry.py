@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import _names, _segment
-from ._native import lib
+from . import names as _names
+from . import segment as _segment
+from .native import lib
 
 SEM_PREFIX = "sem." + _names.PREFIX
 
@@ -59,7 +60,7 @@ describers: dict[int, Callable[[Any, Any], str]] = {}
 
 
 def _describe_array(info: Any) -> str:
-    from ._native import ffi
+    from .native import ffi
 
     shape = tuple(int(info.shape[i]) for i in range(min(int(info.ndim), 64)))
     dt = ffi.string(info.dtype).decode("utf-8", "replace")
@@ -92,7 +93,7 @@ def inspect(name: str) -> Entry:
         mapping = _segment.Mapping(name, mm, size, True)
         rc, info = _segment.read_header(mapping, require_ready=False)
         if rc not in (0, lib.SHM_SEG_NOT_READY):
-            from ._native import seg_field
+            from .native import seg_field
 
             if rc == lib.SHM_SEG_BAD_MAGIC and mm[:8] == bytes(8) and not info.ready:
                 # sized, header not written yet (a zero magic): still being created

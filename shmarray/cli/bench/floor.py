@@ -24,7 +24,7 @@ _BUDGET = {False: 0.25, True: 0.05}
 def _probe() -> tuple[Any, Any] | None:
     """(ffi, lib) of the compiled probe, or None when this build lacks it."""
     try:
-        from .._native import ffi, lib
+        from ..._os.native import ffi, lib
     except ImportError:  # pragma: no cover - only without a build
         return None
     if not hasattr(lib, "shm_probe_pingpong"):

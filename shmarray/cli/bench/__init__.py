@@ -123,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
                   "pip install 'shmarray[bench]' (or pip install matplotlib)", file=sys.stderr)
             return 2
     command = _command(args)
-    from .._segment import cleanup_on_sigterm
+    from ..._os.segment import cleanup_on_sigterm
 
     cleanup_on_sigterm()  # a SIGTERM unlinks this run's channels and stops its children
     progress = report.Progress(enabled=not args.no_progress)

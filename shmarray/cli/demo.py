@@ -219,7 +219,8 @@ def run(fps: float = 30.0, size: str = "1920x1080", seconds: float = 5.0, every:
         out: str | None = None, policy: str = "drop", capacity: int = 8,
         mp4: bool = False) -> int:
     import shmarray
-    from . import _names, _registry
+    from .._os import names as _names
+    from .._os import registry as _registry
 
     width, height = (int(v) for v in size.lower().split("x"))
     if width < 2 * BITS or height < 16:

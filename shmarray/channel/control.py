@@ -13,14 +13,15 @@ default queue is 10 messages of 1 KiB; a limit hit becomes ``LimitError`` naming
 from __future__ import annotations
 
 import json
+import os
 import resource
 from typing import Any
 
 import posix_ipc
 
-from . import _faults
-from ._segment import Deadline
-from .errors import (
+from .._os import faults as _faults
+from .._os.segment import Deadline
+from ..errors import (
     AccessDeniedError,
     ClosedError,
     ExistsError,
@@ -85,6 +86,14 @@ class ControlQueue:
                                                   max_messages=max_messages,
                                                   max_message_size=max_message_size, read=True,
                                                   write=True)
+                try:
+                    # exactly the mode asked for: mq_open's mode is narrowed by the umask (a
+                    # queue descriptor is a file descriptor on Linux)
+                    os.fchmod(self._mq.mqd, mode)
+                except BaseException:
+                    self._mq.close()
+                    posix_ipc.unlink_message_queue(osname)
+                    raise
             else:
                 self._mq = posix_ipc.MessageQueue(osname)
         except posix_ipc.ExistentialError as exc:
@@ -92,6 +101,9 @@ class ControlQueue:
                 raise _create_error(exc, what, max_messages, max_message_size) from exc
             raise NotFoundError(f"{what} not found (was the channel unlinked? "
                                 "'shmarray ls' lists channels)") from exc
+        except posix_ipc.PermissionsError as exc:
+            raise AccessDeniedError(f"{what}: permission denied (it belongs to another user; "
+                                    "create the channel with perm= to share it)") from exc
         except (ValueError, OSError, posix_ipc.Error) as exc:
             raise _create_error(exc, what, max_messages, max_message_size) from exc
         self._closed = False
@@ -123,13 +135,19 @@ class ControlQueue:
 
         Blocks while the queue is full, up to ``timeout`` (None forever, 0 never:
         WouldBlockError; expiry: WaitTimeoutError). Raises LimitError for a message larger than
-        the queue's message size, TypeError for a value JSON cannot represent."""
+        the queue's message size, TypeError for a value JSON cannot represent (NaN or an
+        infinity, a cycle, a set, ...)."""
         mq = self._check()
         if not isinstance(message, dict):
             raise TypeError(f"control messages are dicts, not {type(message).__name__}")
         if not 0 <= priority <= MAX_PRIORITY:
             raise ValueError(f"priority must be 0..{MAX_PRIORITY}, not {priority}")
-        data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+        try:
+            data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError, RecursionError) as exc:  # NaN, a cycle, a set...
+            raise TypeError(f"control message for channel {self._channel!r} cannot travel as "
+                            f"JSON: {exc} (send dicts of str, int, finite float, bool, None, "
+                            "lists and dicts)") from exc
         if len(data) > mq.max_message_size:
             raise LimitError(
                 f"control message of {len(data)} bytes exceeds the {mq.max_message_size}-byte "
@@ -177,7 +195,7 @@ class ControlQueue:
                           + ("" if timeout == 0 else f" within {timeout:g} s"))
         try:
             msg = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # a peer's junk: never trusted
             msg = None
         if not isinstance(msg, dict):
             return {"invalid": repr(bytes(data[:200]))}, int(prio)

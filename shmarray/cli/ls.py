@@ -1,12 +1,12 @@
-"""The ``shmarray`` command: ls, clean, demo, bench."""
+"""``shmarray ls`` and ``shmarray clean``: the objects in /dev/shm, their owners' liveness, and
+removing what dead owners left behind."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Sequence
 
-from . import _registry
+from .._os import registry as _registry
+from ..channel import describe as _describe  # noqa: F401  (the channel detail in `ls`)
 
 
 def _fmt_size(n: int) -> str:
@@ -18,7 +18,6 @@ def _fmt_size(n: int) -> str:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    _load_describers()
     entries = _registry.scan()
     if not entries:
         print("no shmarray objects in /dev/shm")
@@ -44,17 +43,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _load_describers() -> None:
-    try:
-        from . import channel  # noqa: F401  (registers the channel describer for `ls`)
-    except ImportError:
-        pass
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="shmarray", description="Zero-copy shared-memory numpy arrays and channels (Linux).")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("ls", help="list every shmarray object with its owner's liveness")
     p.set_defaults(func=cmd_ls)
     p = sub.add_parser("clean", help="remove objects whose owner died (or the NAMEs given)")
@@ -62,14 +51,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="show what would be removed")
     p.add_argument("--force", action="store_true", help="also remove a live owner's NAMEs")
     p.set_defaults(func=cmd_clean)
-    from . import bench, demo
-
-    demo.add_parser(sub)
-    bench.add_parser(sub)
-    args = parser.parse_args(argv)
-    rc: int = args.func(args)
-    return rc
-
-
-if __name__ == "__main__":
-    sys.exit(main())
