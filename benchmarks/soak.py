@@ -160,7 +160,7 @@ def soak(mode: str, seconds: float, kill_every: float, consumers: int, seed: int
     broadcast = mode == "broadcast"
     kw: dict[str, Any] = {"max_subscribers": consumers + 2} if broadcast else {}
     ch = shmarray.Channel.create(name, slot_bytes=SLOT_BYTES, capacity=16, mode=mode, **kw)
-    objects = list(ch._objects)
+    objects = [ch._seg.control_name]
     n_live = 1 if mode == "one-to-one" else consumers
     live = [Consumer(name, broadcast) for _ in range(n_live)]
     if broadcast:

@@ -425,7 +425,7 @@ int64_t ring_recv(shm_chan_t *h, shm_chan_frame *out, void *dst, uint64_t dst_le
         break;
     }
     if (released)
-        chan_wake(h, SHM_CHAN_WAIT_SPACE, released);
+        chan_wake(h, SHM_CHAN_WAIT_SPACE, wq ? 0 : released);
     return rc;
 }
 
@@ -450,6 +450,9 @@ int ring_release(shm_chan_t *h, uint64_t pos)
         chan_poison(h, slot);
     held_clear(h, pos);
     atomic_store_explicit(&s->seq, pos + h->mask + 1, REL);
-    chan_wake(h, SHM_CHAN_WAIT_SPACE, 1);
+    /* Work queue: wake every producer.  A released slot is not always the one the next
+     * claim needs (releases come out of order), so a single woken producer may find nothing
+     * and sleep again, and the wake would be lost to the others. */
+    chan_wake(h, SHM_CHAN_WAIT_SPACE, is_wq(h) ? 0 : 1);
     return SHM_CHAN_OK;
 }

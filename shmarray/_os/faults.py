@@ -26,28 +26,26 @@ __all__ = ["ENABLED", "STEPS", "point"]
 
 #: Every fault point, with where it sits. A new point is added here and where it sits.
 STEPS: dict[str, str] = {
-    # _segment.create
+    # segment.create
     "segment.opened": "an unnamed (O_TMPFILE) file open; owner lock not taken, name not linked",
     "segment.locked": "the file is linked under its name, empty, owner lock held; before ftruncate",
     "segment.truncated": "sized (and reserved); before mmap and the header write",
-    # _segment.unlink
-    "segment.unlink": "the header's semaphores and queue unlinked; the segment not yet",
+    # segment.unlink
+    "segment.unlink": "the header's queue unlinked; the segment not yet",
     # Channel.create's init
-    "channel.header": "segment header and ring formatted; no semaphores yet; ready == 0",
-    "channel.objects": "semaphores and queue created; ready == 0 (before publish)",
+    "channel.header": "segment header and ring formatted; no queue yet; ready == 0",
+    "channel.objects": "the control queue created; ready == 0 (before publish)",
     # Channel participants
     "channel.register": "liveness lock of an entry taken; entry not yet ACTIVE",
     "channel.recover": "a dead peer's lock taken by this process; before reclaiming it",
     "channel.loan": "a slot claimed for a loan; before the caller sees it (claim, no commit)",
-    "channel.commit.post": "a frame committed while a consumer waits; before the post",
-    "channel.release.post": "a slot released while a producer waits; before the post",
-    "channel.end": "end of stream set; before waking the waiting consumers",
+    "channel.end": "end of stream set (and waiting consumers woken); before end() returns",
     "channel.close": "close() begun; before unregistering (still ACTIVE)",
-    # _signal.wait (every blocking channel call)
+    # wait.wait (every blocking channel call)
     "wait.spun": "the spin found nothing; before arming",
     "wait.armed": "armed (waiter count raised); before the re-check",
-    "wait.sleep": "armed and re-checked; about to sleep on the semaphore",
-    "wait.woken": "woken by a post; before disarming and taking the frame / slot",
+    "wait.sleep": "armed and re-checked; about to sleep on the futex",
+    "wait.woken": "woken; before disarming and taking the frame / slot",
     # ControlQueue
     "control.send": "a control message encoded; before mq_send",
     "control.recv": "a control message taken off the queue; before it is decoded",

@@ -101,6 +101,7 @@ def inspect(name: str) -> Entry:
                 e.problem = "being created" if alive else "half-built (creator died)"
                 return e
             e.problem = f"corrupt header (field '{seg_field(rc)}')"
+            e.objects = _segment.objects_of(name, rc, info)
             return e
         f = _segment.header_fields(info)
         e.owner_pid = f["creator_pid"]

@@ -128,6 +128,19 @@ def read_header(mapping: Mapping, require_ready: bool = True) -> Any:
     return rc, info
 
 
+def objects_of(name: str, rc: int, info: Any) -> list[str]:
+    """The OS objects that belong to segment ``name`` by the header read with status ``rc``: the
+    list it records; or, when only that list fails validation (scribbled over) in a channel's
+    header, the control queue derived from the name and the nonce (names are derived in one
+    place, so this is the name its creator gave it)."""
+    if rc in (0, lib.SHM_SEG_NOT_READY):
+        objects: list[str] = header_fields(info)["objects"]
+        return objects
+    if rc == lib.SHM_SEG_BAD_OBJECTS and int(info.kind) != lib.SHM_SEG_KIND_ARRAY:
+        return [_names.sub_object(name, int(info.nonce), "ctl")]
+    return []
+
+
 def header_fields(info: Any) -> dict[str, Any]:
     """The common header fields of a validated ``shm_seg_info`` as Python values."""
     return {
@@ -535,7 +548,8 @@ def reopen(fd: int, readonly: bool = False) -> int:
 
 
 def unlink_objects(objects: list[str]) -> None:
-    """Unlink the semaphores and queue a segment header lists (missing ones are fine)."""
+    """Unlink the queue (and, from older versions, semaphores) a segment header lists
+    (missing ones are fine)."""
     import posix_ipc
 
     for obj in objects:
@@ -563,6 +577,19 @@ def unlink(name: str, nonce: int | None = None) -> None:
     mine = _owned.get(name)
     if mine is not None and (mine.pid != os.getpid() or nonce not in (None, mine.nonce)):
         mine = None
+    if mine is not None:
+        # our own segment (the file we hold the owner lock of): unlink what we created,
+        # whatever its header says now; no descriptor needed, so this works at EMFILE too
+        try:
+            same = _same_file(mine.lock_fd, os.stat(path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if same:
+            unlink_objects(list(mine.objects))
+            _faults.point("segment.unlink")  # fault point (tests/faults)
+            _unlink_path(path)
+            _forget(name)
+            return
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -575,21 +602,16 @@ def unlink(name: str, nonce: int | None = None) -> None:
         try:
             st = os.fstat(fd)
             size = st.st_size
-            if mine is not None and _same_file(mine.lock_fd, st):
-                # our own segment (the file we hold the owner lock of): unlink what we created,
-                # whatever its header says now
-                objects = list(mine.objects)
-            elif size >= 4096:
+            if size >= 4096:
                 mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
                 rc, info = read_header(Mapping(name, mm, size, True), require_ready=False)
-                if rc in (0, lib.SHM_SEG_NOT_READY):
-                    fields = header_fields(info)
-                    if nonce is not None and fields["nonce"] != nonce:
+                if rc in (0, lib.SHM_SEG_NOT_READY, lib.SHM_SEG_BAD_OBJECTS):
+                    if nonce is not None and int(info.nonce) != nonce:
                         _forget(name)
                         raise NotFoundError(
                             f"segment {name!r} was already unlinked (a newer segment of the same "
                             "name exists and was left alone)")
-                    objects = fields["objects"]
+                objects = objects_of(name, rc, info)
         finally:
             os.close(fd)
     unlink_objects(objects)  # first: a crash in between leaves the segment that lists them

@@ -237,7 +237,7 @@ class Channel:
         self._owner_pid = os.getpid() if owner else 0
         self._h = Handle(seg, self._what(), opener=True)
         self._spin_us = spin_us
-        self._spin = Spin(None if spin_us is None else int(spin_us * 1000))
+        self._spin: Spin = Spin(None if spin_us is None else int(spin_us * 1000))
         self._control: ControlQueue | None = None
         self._closed = False
         self._shape_buf = ffi.new("uint64_t[8]")
@@ -246,8 +246,8 @@ class Channel:
         self._loan_last: tuple[Any, ...] | None = None
         self._loan_views: dict[tuple[str, tuple[int, ...]], list[Any]] = {}
         self._next_reap: float | None = None  # broadcast: when to look for dead subscribers
-        self._tx_ready = False  # registered as producer (the C handle is the record)
-        self._rx_ready = False  # registered as consumer (ring modes)
+        self._tx_ready: bool = False  # registered as producer (the C handle is the record)
+        self._rx_ready: bool = False  # registered as consumer (ring modes)
 
     # ------------------------------------------------------------------------------------------
     # errors
@@ -256,11 +256,13 @@ class Channel:
         return f"channel {self.name!r}"
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"{self._what()} is closed in this process; open it again with "
+        if self._closed or self._h.closed:
+            why = "is closed" if self._closed else "was opened by the parent of this forked process"
+            raise ClosedError(f"{self._what()} {why}; open it again with "
                               f"shmarray.Channel.open({self.name!r})")
 
     def _raise_rc(self, rc: int, op: str) -> None:
+        self._check_open()  # a handle closed (or inherited through fork) says so, first
         msg = chan_strerror(rc)
         if rc in (lib.SHM_CHAN_CORRUPT, lib.SHM_CHAN_BUSY):
             raise CorruptSegmentError(f"{self._what()} is corrupt ({op}: {msg}); 'shmarray "

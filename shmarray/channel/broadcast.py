@@ -164,6 +164,7 @@ class Subscriber(Receiver):
         self.name = ch.name
         self.policy = ch.policy
         self.capacity = ch.capacity
+        self.slot_bytes = ch.slot_bytes
         self._copy_default = ch.policy == "drop"
         self._closed = False
         self._spin = Spin(None if spin_us is None else int(spin_us * 1000))
@@ -195,8 +196,9 @@ class Subscriber(Receiver):
         return f"subscriber {self._index} of broadcast channel {self.name!r}"
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError(f"{self._what()} is closed; subscribe again "
+        if self._closed or self._rx.closed:
+            why = "is closed" if self._closed else "belongs to the parent of this forked process"
+            raise ClosedError(f"{self._what()} {why}; subscribe again "
                               f"(shmarray.Channel.open({self.name!r}).subscribe())")
 
     def _raise_rc(self, rc: int, op: str) -> None:

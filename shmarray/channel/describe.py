@@ -57,6 +57,12 @@ def snapshot(mapping: Any, probe_fd: int) -> dict[str, Any]:
     rc = lib.shm_chan_attach(h, mapping.ptr(HEADER), mapping.size - HEADER, info)
     if rc != 0:
         raise ValueError(f"ring corrupt ({chan_strerror(rc)})")
+    return _snapshot(h, info, probe_fd)
+
+
+def _snapshot(h: Any, info: Any, probe_fd: int) -> dict[str, Any]:
+    """The counters of C handle ``h`` over a validated layout ``info`` (each shared word read
+    once, as the core reads it: no second look at the header)."""
     st = ffi.new("shm_chan_status_info *")
     lib.shm_chan_status(h, st)
     mode = MODE_NAMES.get(int(info.mode), "?")
@@ -83,7 +89,7 @@ def snapshot(mapping: Any, probe_fd: int) -> dict[str, Any]:
 def channel_stats(ch: Channel) -> dict[str, Any]:
     """The body of ``Channel.stats()``."""
     seg, handle = ch._seg, ch._h
-    snap = snapshot(seg.mapping, seg.anchor_fd)
+    snap = _snapshot(handle.h, seg.info, seg.anchor_fd)
     me = handle.self_info()
     mine = int(me.index) if me.registered else -1
     for row in snap["peers"]:
@@ -133,6 +139,8 @@ def describe(mapping: Any, info: Any) -> str:
             if r["lost"]:
                 text += f" lost {r['lost']}"
         parts.append(text)
+    if snap["mode"] == "broadcast" and not any(r["role"] == "consumer" for r in snap["peers"]):
+        parts.append("no subscribers")
     mode = snap["mode"] if snap["mode"] != "broadcast" else f"broadcast {snap['policy']}"
     frames = f", {snap['committed']} frames" if snap["mode"] == "broadcast" else ""
     ended = ", ended" if snap["ended"] else ""

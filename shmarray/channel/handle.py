@@ -216,13 +216,16 @@ class Handle:
         after end of stream)."""
         seg = self.seg
         bcast = seg.mode == "broadcast"
+        if role == PRODUCER and self.status().eos:
+            raise StreamEnded(f"{self.what} has ended: no producer may join it")
         if bcast and role == PRODUCER:
             candidates = [int(lib.SHM_CHAN_BCAST_PRODUCER)]
         else:
             first = 1 if bcast else 0
             # Never-used entries first: a dead participant's DEAD record is how its peers learn
             # that it died, so it is reused only when no free entry is left.
-            free, rest = [], []
+            free: list[int] = []
+            rest: list[int] = []
             for i in range(first, seg.maxp):
                 p = self.participant(i)
                 (free if p is not None and int(p.state) == lib.SHM_CHAN_FREE else rest).append(i)

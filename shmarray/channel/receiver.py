@@ -84,6 +84,7 @@ class Receiver:
         return WaitTimeoutError(f"no frame arrived on {self._what()} in time")
 
     def _recv_error(self, rc: int, op: str) -> None:
+        self._check_open()  # a handle closed (or inherited through fork) says so, first
         if rc == _EMPTY:
             raise self._empty_error(True)
         if rc == lib.SHM_CHAN_ENDED:

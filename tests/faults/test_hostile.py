@@ -41,20 +41,18 @@ def test_other_user_cannot_open_send_or_receive(name: str) -> None:
     if user is None:
         pytest.skip("needs root, setpriv and a Python that user 'nobody' can run")
     with shmarray.Channel.create(name, slot_bytes=64, capacity=2) as ch:
-        for path in [f"/dev/shm/shmarray.{name}"] + [
-                "/dev/shm/sem." + o[1:] for o in ch._objects[:2]]:
-            assert os.stat(path).st_mode & 0o777 == 0o600, path
+        assert os.stat(f"/dev/shm/shmarray.{name}").st_mode & 0o777 == 0o600
         ch.send(b"secret")
         res = run_py(f"""
             import os, posix_ipc, shmarray
-            objects = {ch._objects!r}
+            objects = [{ch._seg.control_name!r}]
             try:
                 shmarray.Channel.open({name!r}, timeout=0)
             except shmarray.AccessDeniedError as e:
                 print("channel denied:", e)
             for o in objects:
                 try:
-                    (posix_ipc.MessageQueue if o.endswith(".ctl") else posix_ipc.Semaphore)(o)
+                    posix_ipc.MessageQueue(o)
                     print("opened", o)
                 except posix_ipc.PermissionsError:
                     print("denied", o)
@@ -67,7 +65,7 @@ def test_other_user_cannot_open_send_or_receive(name: str) -> None:
         """, user=user, env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
         out = res.stdout
         assert "channel denied:" in out and "0600" in out, out + res.stderr
-        assert "opened" not in out and out.count("denied /shmarray.") == 3, out
+        assert "opened" not in out and out.count("denied /shmarray.") == 1, out
         assert "segment denied" in out
         with shmarray.Channel.open(name) as rx:
             assert rx.recv_copy(timeout=1).tobytes() == b"secret"  # untouched
@@ -125,13 +123,13 @@ def test_clean_leaves_live_and_foreign_objects(name: str) -> None:
     live = start_py(f"""
         import shmarray, time
         ch = shmarray.Channel.create({name!r} + "_live", slot_bytes=64, capacity=2)
-        print(*ch._objects, flush=True)
+        print(ch._seg.control_name, flush=True)
         time.sleep(60)
     """)
     dead = start_py(f"""
         import shmarray, time
         ch = shmarray.Channel.create({name!r} + "_dead", slot_bytes=64, capacity=2)
-        print(*ch._objects, flush=True)
+        print(ch._seg.control_name, flush=True)
         time.sleep(60)
     """)
     foreign = [f"/dev/shm/notshmarray.{name}", f"/dev/shm/sem.{name}.x",
@@ -142,14 +140,14 @@ def test_clean_leaves_live_and_foreign_objects(name: str) -> None:
         assert live.stdout is not None and dead.stdout is not None
         live_objects = live.stdout.readline().split()
         dead_objects = dead.stdout.readline().split()
-        assert len(live_objects) == len(dead_objects) == 3
+        assert len(live_objects) == len(dead_objects) == 1
         for f in foreign:
             with open(f, "wb") as fh:
                 fh.write(b"not ours" * 512)
         os.symlink(target, link)  # a segment name that is a symlink to somebody's file
         dead.kill()
         dead.wait(10)
-        # the dead channel's header now lists the LIVE channel's semaphores and queue
+        # the dead channel's header now lists the LIVE channel's queue
         path = f"/dev/shm/shmarray.{name}_dead"
         fd = os.open(path, os.O_RDWR)
         mm = mmap.mmap(fd, 4096)
@@ -162,8 +160,7 @@ def test_clean_leaves_live_and_foreign_objects(name: str) -> None:
         assert f"{name}_live" not in out, out
         assert not os.path.exists(path)  # the dead one went...
         for o in live_objects:  # ...without touching what its scribbled header named
-            opener = posix_ipc.MessageQueue if o.endswith(".ctl") else posix_ipc.Semaphore
-            opener(o).close()
+            posix_ipc.MessageQueue(o).close()
         assert os.path.exists(f"/dev/shm/shmarray.{name}_live")
         for f in foreign + [target]:
             assert os.path.exists(f), f
@@ -171,12 +168,11 @@ def test_clean_leaves_live_and_foreign_objects(name: str) -> None:
             shmarray.attach(f"{name}_link", timeout=0)  # never followed
         rc, out = cli("clean", f"{name}_live")
         assert rc == 1 and "refused" in out
-        # the dead channel's own semaphores and queue are orphans now: clean found them by
-        # their names (semaphores) and the queue beside them
+        # the dead channel's own queue went with it: a scribbled object list is refused, and
+        # the queue's name is derived from the segment's name and nonce instead
         for o in dead_objects:
-            opener = posix_ipc.MessageQueue if o.endswith(".ctl") else posix_ipc.Semaphore
             with pytest.raises(posix_ipc.ExistentialError):
-                opener(o)
+                posix_ipc.MessageQueue(o)
     finally:
         stop(live)
         stop(dead)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import shmarray
-from helpers import CHILD_CWD, run_py, start_py, stop, wait_for
+from helpers import CHILD_CWD, run_py, start_py, stop
 
 # A spawned producer: N frames of random shapes and dtypes, half by send and half by loan; each
 # frame's tag is the crc of its bytes, so the consumer checks integrity and order.
@@ -116,18 +116,19 @@ def test_work_queue_exactly_once(name: str) -> None:
 def test_zero_copy_views_lie_in_the_slot(name: str) -> None:
     with shmarray.Channel.create(name, slot_bytes=1 << 16, capacity=4) as tx:
         rx = shmarray.Channel.open(name)
-        mm_lo = tx._mapping.addr
         with tx.loan((64, 64), np.uint16) as out:
             out[...] = 7
             loan_ptr = out.__array_interface__["data"][0]
-        assert mm_lo <= loan_ptr < mm_lo + tx._mapping.size
+        payload = tx._seg.capacity * tx._seg.stride
+        assert tx._seg.rw_payload <= loan_ptr < tx._seg.rw_payload + payload
         with rx.recv() as view:
             ptr = view.__array_interface__["data"][0]
-            lo = rx._mapping.addr
-            assert lo <= ptr and ptr + view.nbytes <= lo + rx._mapping.size
-            assert np.shares_memory(view, np.frombuffer(rx._mapping.mm, np.uint8))
-            # the same bytes the producer wrote: same offset in the segment
-            assert ptr - lo == loan_ptr - mm_lo
+            # a consumer's view lies in the read-only mapping of the payload...
+            lo = rx._seg.ro_payload
+            assert lo <= ptr and ptr + view.nbytes <= lo + payload
+            assert np.shares_memory(view, np.frombuffer(rx._seg.ro, np.uint8))
+            # ...over the very bytes the producer wrote: same offset in the payload
+            assert ptr - lo == loan_ptr - tx._seg.rw_payload
             assert (view == 7).all()
         rx.close()
 
@@ -139,7 +140,7 @@ def test_zero_copy_across_processes(name: str) -> None:
             ch = shmarray.Channel.open({name!r}, timeout=10)
             with ch.loan((512, 512), np.float32) as out:
                 out[...] = 3.0
-                print(out.__array_interface__["data"][0] - ch._mapping.addr)
+                print(out.__array_interface__["data"][0] - ch._seg.mapping.addr)
             ch.close()
         """)
         with ch.recv(timeout=10) as view:
@@ -316,16 +317,18 @@ def test_frame_too_large_names_sizes(name: str) -> None:
 
 
 def test_debug_poisons_released_slots(name: str) -> None:
+    """SHMARRAY_DEBUG=1 poisons a slot when it goes back, for misuse through raw pointers (a
+    view keeps its frame; a raw pointer does not)."""
     with shmarray.Channel.create(name, slot_bytes=64, capacity=2) as tx:
         tx.send(np.array([5], np.uint8))
         res = run_py(f"""
-            import shmarray
+            import numpy as np, shmarray
             ch = shmarray.Channel.open({name!r}, timeout=10)
             f = ch.recv(timeout=10)
-            view = f.array
-            before = int(view[0])
+            raw = np.frombuffer(ch._seg.ro, np.uint8, count=1)  # slot 0, no lease
+            before = int(f.array[0])
             f.release()
-            print(before, int(view[0]), flush=True)
+            print(before, int(raw[0]), flush=True)
             ch.close()
         """, env={"SHMARRAY_DEBUG": "1"})
         assert res.stdout.split() == ["5", str(0xDB)]
@@ -532,26 +535,27 @@ def test_channel_is_not_an_array(name: str) -> None:
 
 
 def test_no_leak_after_sigkill_and_clean(name: str) -> None:
+    import posix_ipc
+
     child = start_py(f"""
         import shmarray, time
         ch = shmarray.Channel.create({name!r}, slot_bytes=64, capacity=2)
-        print("ready", flush=True)
+        print(ch._seg.control_name, flush=True)
         time.sleep(60)
     """)
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        assert child.stdout is not None
+        queue = child.stdout.readline().strip()
+        assert queue.endswith(".ctl")
         child.kill()
         child.wait(10)
-        sems = [f for f in os.listdir("/dev/shm") if f.startswith(f"sem.shmarray.{name}.")]
-        assert len(sems) == 2
+        posix_ipc.MessageQueue(queue).close()  # left behind by the SIGKILL
         res = subprocess.run([sys.executable, "-m", "shmarray.cli", "clean"], capture_output=True,
                              text=True, timeout=60, cwd=CHILD_CWD)
         assert f"removed channel {name}" in res.stdout
-        wait_for(lambda: not any(f.startswith(f"sem.shmarray.{name}.")
-                                 for f in os.listdir("/dev/shm")), what="semaphores removed")
-        # the queue was removed too: creating the same name again works
-        with shmarray.Channel.create(name, slot_bytes=64, capacity=2):
-            pass
+        with pytest.raises(posix_ipc.ExistentialError):  # the queue its header named: removed
+            posix_ipc.MessageQueue(queue)
+        assert not os.path.exists(f"/dev/shm/shmarray.{name}")
     finally:
         stop(child)
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 import shmarray
+import shmarray._os.segment
 from helpers import CHILD_CWD, nobody_user, run_py, start_py, stop, wait_for
 
 
@@ -74,7 +75,7 @@ def test_forked_child_exit_unlinks_nothing(name: str) -> None:
             code = 1
             try:
                 a[0] = 77
-                shmarray._segment.cleanup_owned()
+                shmarray._os.segment.cleanup_owned()
                 atexit._run_exitfuncs()
                 code = 0
             finally:

@@ -149,12 +149,10 @@ def _interrupted_at(name: str, step: str) -> bool:
     with shmarray.Channel.create(name, slot_bytes=64, capacity=2, mode="work-queue") as tx:
         child = start_py(f"""
             import shmarray, numpy as np
-            from shmarray._native import ffi, lib
             ch = shmarray.Channel.open({name!r}, timeout=10)
             def waiters():
-                st = ffi.new("shm_ring_status_info *")
-                lib.shm_ring_status(ch._r, st)
-                return int(st.cons_waiters), int(st.prod_waiters)
+                st = ch._h.status()
+                return int(st.data_waiters), int(st.space_waiters)
             print("ready", flush=True)
             try:
                 if {step!r} == "channel.loan":
@@ -177,7 +175,7 @@ def _interrupted_at(name: str, step: str) -> bool:
         try:
             assert lines(child, 1) == ["ready"]
             if step == "wait.woken":
-                time.sleep(0.4)  # asleep on the data semaphore: this post wakes it
+                time.sleep(0.4)  # asleep on the data futex: this commit wakes it
                 tx.send(np.array([1]))
             first = lines(child, 1)
             if first == ["not interrupted"] and step == "wait.woken":
@@ -207,20 +205,20 @@ def test_sigterm_opt_in_unlinks_channels(name: str) -> None:
         b = shmarray.Channel.create({name!r} + "_wq", slot_bytes=64, capacity=2,
                                     mode="work-queue")
         a = shmarray.create({name!r} + "_arr", shape=(4,))
-        print(*(ch._objects + b._objects), flush=True)
+        print(ch._seg.control_name, b._seg.control_name, flush=True)
         time.sleep(60)
     """)
     try:
         objects = lines(child, 1)[0].split()
-        assert len(objects) == 6
-        assert any(f.startswith(f"sem.shmarray.{name}.") for f in os.listdir("/dev/shm"))
+        assert len(objects) == 2
+        for osname in objects:
+            posix_ipc.MessageQueue(osname).close()  # they exist
         child.send_signal(signal.SIGTERM)
         assert child.wait(30) == 143
         left = [f for f in os.listdir("/dev/shm") if name in f]
         assert left == [], left
         for osname in objects:
-            opener = posix_ipc.MessageQueue if osname.endswith(".ctl") else posix_ipc.Semaphore
             with pytest.raises(posix_ipc.ExistentialError):
-                opener(osname)
+                posix_ipc.MessageQueue(osname)
     finally:
         stop(child)

@@ -410,12 +410,12 @@ def test_latest_returns_the_newest_frame_under_load(name: str) -> None:
                 sub.close()
 
 
-def test_abi_and_exports() -> None:
-    from shmarray import _native, broadcast
+def test_exports() -> None:
+    from shmarray.channel import broadcast
 
-    assert _native.lib.shm_bcast_abi_version() == broadcast.BCAST_ABI_VERSION
     assert shmarray.Subscriber is broadcast.Subscriber
     assert issubclass(shmarray.BroadcastChannel, shmarray.Channel)
+    assert issubclass(shmarray.BroadcastFrame, shmarray.Frame)
 
 
 def test_api_edges(name: str) -> None:
@@ -625,7 +625,7 @@ def test_demo_runs_and_leaves_nothing(tmp_path: pathlib.Path) -> None:
 
 
 def test_png_encoder_round_trips() -> None:
-    from shmarray.demo import draw_number, png_bytes, read_number
+    from shmarray.cli.demo import draw_number, png_bytes, read_number
 
     img = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
     data = png_bytes(img)

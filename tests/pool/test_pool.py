@@ -242,7 +242,7 @@ def test_sigkill_mid_task_fails_that_task_and_replaces_the_worker(tmp_path: Any)
 def test_a_task_taken_but_not_yet_recorded_by_a_dying_worker_still_fails(tmp_path: Any) -> None:
     """A worker killed between taking a frame and recording it in the table: the parent finds
     the task by elimination (taken from the ring, no result, held by no live worker)."""
-    from shmarray import pool as pool_module
+    from shmarray.pool import worker as pool_worker
 
     path = str(tmp_path / "pid")
     with shmarray.Pool(1, context="spawn") as pool:
@@ -250,8 +250,8 @@ def test_a_task_taken_but_not_yet_recorded_by_a_dying_worker_still_fails(tmp_pat
         victim = int(wait_for(lambda: _read(path), 30, "the task to start"))
         core = pool._core
         # white box: make the table say what it says inside that window (idle, nothing held)
-        core.tab[0, pool_module._STATE] = pool_module._IDLE
-        core.tab[0, pool_module._JOB] = 0
+        core.tab[0, pool_worker.STATE] = pool_worker.IDLE
+        core.tab[0, pool_worker.JOB] = 0
         os.kill(victim, signal.SIGKILL)
         exc = doomed.exception(timeout=30)
         assert isinstance(exc, shmarray.PeerDiedError)
@@ -388,8 +388,8 @@ time.sleep(60)
 
 @pytest.mark.timeout(60)
 def test_workers_exit_when_the_parent_dies() -> None:
-    here = os.path.dirname(os.path.abspath(__file__))
-    child = start_py(PARENT, here)
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = start_py(PARENT, tests)  # (pool_funcs lives in tests/)
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "2.0"
