@@ -690,6 +690,17 @@ int shm_chan_participant(const shm_chan_t *h, uint32_t index, shm_chan_part_info
     return SHM_CHAN_OK;
 }
 
+int shm_chan_states(const shm_chan_t *h, uint32_t *out, uint32_t n)
+{
+    if (!chan_attached(h) || out == NULL)
+        return SHM_CHAN_BAD_ARG;
+    if (n > h->info.max_participants)
+        n = h->info.max_participants;
+    for (uint32_t i = 0; i < n; i++)
+        out[i] = atomic_load_explicit(&h->parts[i].state, ACQ);
+    return (int)n;
+}
+
 int shm_chan_status(const shm_chan_t *h, shm_chan_status_info *out)
 {
     if (!chan_attached(h) || out == NULL)

@@ -63,7 +63,7 @@
 #define SHM_CHAN_BAD_ARG -5   /* caller error (wrong role, call out of sequence...) */
 #define SHM_CHAN_ENDED -6     /* end of stream: drained, or this producer ended */
 #define SHM_CHAN_BUSY -7      /* entry / role taken, or retries exhausted (a hostile peer) */
-#define SHM_CHAN_LIMIT -8     /* a consumer holds capacity - 1 frames (or its oldest blocks) */
+#define SHM_CHAN_LIMIT -8     /* a consumer holds capacity - 1 frames, or the one the next needs */
 #define SHM_CHAN_RESIZE -9    /* copy: the frame does not fit dst; *out has its meta, nothing taken */
 #define SHM_CHAN_TIMEOUT -10  /* sleep: the timeout passed */
 #define SHM_CHAN_INTR -11     /* sleep: interrupted by a signal */
@@ -453,6 +453,9 @@ int shm_chan_close_when_idle(shm_chan_t *h);
 int64_t shm_chan_role_owner(const shm_chan_t *h, uint32_t role);
 int shm_chan_recover(shm_chan_t *h, uint32_t index, uint64_t *dropped_out);
 int shm_chan_participant(const shm_chan_t *h, uint32_t index, shm_chan_part_info *out);
+/* The state of every participant entry (out[i], i < n, n <= max_participants; a state that is
+ * not one of SHM_CHAN_FREE..DEAD is reported as is): the number of entries filled. */
+int shm_chan_states(const shm_chan_t *h, uint32_t *out, uint32_t n);
 int shm_chan_status(const shm_chan_t *h, shm_chan_status_info *out);
 int shm_chan_self(shm_chan_t *h, shm_chan_self_info *out);
 /* Adds n to the channel's `dropped` (frames lost upstream, e.g. by a bridge). */
@@ -496,8 +499,8 @@ int shm_chan_end(shm_chan_t *h);
  *   the frame and nothing taken), validated (DROP: seq unchanged across the
  *   copy) and released in the same call.  Returns the slot >= 0, or EMPTY,
  *   ENDED (end of stream seen and everything before it read), LIMIT (a view
- *   would make capacity - 1 frames held, or, broadcast BLOCK, the oldest held
- *   frame blocks the next), RESIZE, CORRUPT (a frame with bad meta is dropped
+ *   would make capacity - 1 frames held, or a frame this consumer holds keeps
+ *   the slot the next frame needs), RESIZE, CORRUPT (a frame with bad meta is dropped
  *   and counted).  spin_ns > 0 retries EMPTY for up to that long.
  * latest: broadcast: recv of the newest frame, skipping the backlog.
  * recv_many: ring modes: a run of up to max frames (spinning for the first)

@@ -352,6 +352,10 @@ int64_t ring_recv(shm_chan_t *h, shm_chan_frame *out, void *dst, uint64_t dst_le
                 continue;
             }
             rc = eos_seen ? SHM_CHAN_ENDED : SHM_CHAN_EMPTY;
+            /* We hold the frame of the last lap in the slot the next one needs: no
+             * producer can publish it until we release, so waiting would never end. */
+            if (rc == SHM_CHAN_EMPTY && h->held && held_get(h, p))
+                rc = SHM_CHAN_LIMIT;
             break;
         }
         if (d > 0) {

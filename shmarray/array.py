@@ -24,7 +24,13 @@ import numpy as np
 from ._os import names as _names
 from ._os import segment as _segment
 from ._os.native import ffi, lib
-from .errors import ClosedError, CorruptSegmentError, ExistsError, NotFoundError
+from .errors import (
+    ClosedError,
+    CorruptSegmentError,
+    ExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 
 __all__ = ["SharedArray", "OwnerDiedWarning", "create", "from_array", "attach", "unlink"]
 
@@ -52,22 +58,49 @@ def _encode_dtype(dt: np.dtype[Any]) -> Any:
     if dt.names is not None:
         fields = dt.fields
         assert fields is not None
-        return {
+        out: dict[str, Any] = {
             "names": list(dt.names),
             "formats": [_encode_dtype(fields[n][0]) for n in dt.names],
             "offsets": [int(fields[n][1]) for n in dt.names],
             "itemsize": int(dt.itemsize),
         }
+        titles = [_title(fields[n]) for n in dt.names]
+        if any(t is not None for t in titles):
+            if not all(t is None or isinstance(t, str) for t in titles):
+                raise TypeError(f"dtype {dt}: field titles must be strings to be stored")
+            out["titles"] = titles
+        if dt.isalignedstruct:
+            out["aligned"] = True
+        return out
     return dt.str
 
 
 def dtype_text(dt: np.dtype[Any]) -> str:
     enc = _encode_dtype(dt)
     text = enc if isinstance(enc, str) else json.dumps(enc, separators=(",", ":"))
+    back = _decode_dtype(json.loads(text) if text.startswith("{") else text)
+    if back != dt or _titles(back) != _titles(dt) or back.isalignedstruct != dt.isalignedstruct:
+        # refuse what would attach as another dtype (never silently a different one)
+        raise TypeError(f"dtype {dt} cannot be stored exactly in a segment header (it would "
+                        f"come back as {back}); use a plain or structured dtype of numbers, "
+                        "bytes and strings")
     if len(text.encode()) > lib.SHM_SEG_DTYPE_MAX:
         raise ValueError(f"dtype description is {len(text)} bytes; the limit is "
                          f"{lib.SHM_SEG_DTYPE_MAX} (a structured dtype with fewer fields fits)")
     return text
+
+
+def _titles(dt: np.dtype[Any]) -> Any:
+    if dt.names is None:
+        return _titles(dt.subdtype[0]) if dt.subdtype is not None else None
+    fields = dt.fields
+    assert fields is not None
+    return [(_title(fields[n]), _titles(fields[n][0])) for n in dt.names]
+
+
+def _title(field: Any) -> Any:
+    """The title of a ``dtype.fields`` entry (dtype, offset[, title]), or None."""
+    return field[2] if len(field) > 2 else None
 
 
 def _decode_dtype(obj: Any, depth: int = 0) -> np.dtype[Any]:
@@ -86,18 +119,28 @@ def _decode_dtype(obj: Any, depth: int = 0) -> np.dtype[Any]:
                 or not all(isinstance(s, int) and 0 <= s < 2**31 for s in shape)):
             raise ValueError("bad subarray shape")
         return np.dtype((_decode_dtype(obj["base"], depth + 1), tuple(shape)))
-    if isinstance(obj, dict) and set(obj) == {"names", "formats", "offsets", "itemsize"}:
+    keys = {"names", "formats", "offsets", "itemsize"}
+    if isinstance(obj, dict) and keys <= set(obj) <= keys | {"titles", "aligned"}:
         names, formats, offsets, itemsize = obj["names"], obj["formats"], obj["offsets"], \
             obj["itemsize"]
+        titles = obj.get("titles", [None] * len(names) if isinstance(names, list) else None)
+        aligned = obj.get("aligned", False)
         if not (isinstance(names, list) and isinstance(formats, list) and isinstance(offsets, list)
-                and len(names) == len(formats) == len(offsets) <= _MAX_FIELDS
+                and isinstance(titles, list)
+                and len(names) == len(formats) == len(offsets) == len(titles) <= _MAX_FIELDS
                 and all(isinstance(n, str) for n in names)
+                and all(t is None or isinstance(t, str) for t in titles)
                 and all(isinstance(o, int) and 0 <= o < 2**40 for o in offsets)
-                and isinstance(itemsize, int) and 0 <= itemsize < 2**40):
+                and isinstance(itemsize, int) and 0 <= itemsize < 2**40
+                and isinstance(aligned, bool)):
             raise ValueError("bad structured dtype")
         fmts = [_decode_dtype(f, depth + 1) for f in formats]
-        return np.dtype({"names": names, "formats": fmts, "offsets": offsets,
-                         "itemsize": itemsize})
+        spec: dict[str, Any] = {"names": names, "formats": fmts, "offsets": offsets,
+                                "itemsize": itemsize}
+        if any(t is not None for t in titles):
+            spec["titles"] = titles
+        made: np.dtype[Any] = np.dtype(spec, align=aligned)  # type: ignore[call-overload]
+        return made
     raise ValueError("unrecognised dtype description")
 
 
@@ -255,25 +298,16 @@ class SharedArray(np.ndarray):  # type: ignore[type-arg]
         return f"SharedArray[{self.name}]" + base[len("array"):] if self.name else base
 
 
-_attached: dict[tuple[str, int, bool], Any] = {}  # weak cache of pickled-in mappings
-
-
 def _rebuild(name: str, nonce: int, offset: int, shape: tuple[int, ...],
              strides: tuple[int, ...], dtype: np.dtype[Any], readonly: bool) -> SharedArray:
-    """Unpickle a SharedArray: attach the segment (once per process) and rebuild the view."""
-    import weakref
-
-    key = (name, nonce, readonly)
-    ref = _attached.get(key)
-    shm: _Shm | None = ref() if ref is not None else None
-    if shm is None or shm.mapping is None:
-        whole = attach(name, readonly=readonly, timeout=0)
-        shm = whole._shm
-        assert shm is not None
-        if shm.nonce != nonce:
-            raise NotFoundError(f"segment {name!r} was replaced by a new segment of the same name "
-                                "since this array was pickled")
-        _attached[key] = weakref.ref(shm)
+    """Unpickle a SharedArray: attach the segment and rebuild the view. Each unpickled array
+    has a mapping of its own, so protect() on one never changes what another allows."""
+    whole = attach(name, readonly=readonly, timeout=0)
+    shm = whole._shm
+    assert shm is not None
+    if shm.nonce != nonce:
+        raise NotFoundError(f"segment {name!r} was replaced by a new segment of the same name "
+                            "since this array was pickled")
     mapping = shm.live()
     arr = np.ndarray.__new__(SharedArray, shape, dtype, buffer=mapping.mm,
                              offset=shm.data_offset + offset, strides=strides)
@@ -303,6 +337,19 @@ def _normalize_shape(shape: Any) -> tuple[int, ...]:
     return out
 
 
+_MAX_BYTES = (1 << 63) - (1 << 32)  # what a segment file can be (off_t), with room for the header
+
+
+def _check_size(name: str, shape: tuple[int, ...], dt: np.dtype[Any]) -> int:
+    """The array's data bytes; InvalidArgumentError when they cannot exist."""
+    nbytes = math.prod(shape) * dt.itemsize
+    if nbytes > _MAX_BYTES or any(s >= 1 << 63 for s in shape):
+        raise InvalidArgumentError(
+            f"shared array {name!r}: shape {shape} of {dt} is {nbytes:,} bytes, beyond what a "
+            f"segment can hold ({_MAX_BYTES:,} bytes): pick a smaller shape")
+    return nbytes
+
+
 def create(name: str | None = None, shape: Any = (), dtype: Any = float, *, order: str = "C",
            exist_ok: bool = False, mode: int = 0o600, reserve: bool = False) -> SharedArray:
     """Create shared array ``name`` (a fresh unique name if None), zero-filled, owned by this
@@ -323,7 +370,7 @@ def create(name: str | None = None, shape: Any = (), dtype: Any = float, *, orde
     if order not in ("C", "F"):
         raise ValueError(f"order must be 'C' or 'F', not {order!r}")
     text = dtype_text(dt)
-    nbytes = math.prod(shp) * dt.itemsize
+    nbytes = _check_size(name, shp, dt)
     data_offset = int(lib.shm_seg_array_data_offset(len(text.encode()), nbytes))
     size = max(data_offset + nbytes, lib.SHM_SEG_MIN_SIZE)
 

@@ -16,6 +16,7 @@ __all__ = [
     "ExistsError",
     "AccessDeniedError",
     "InvalidNameError",
+    "InvalidArgumentError",
     "CorruptSegmentError",
     "FrameTooLargeError",
     "WouldBlockError",
@@ -46,6 +47,10 @@ class AccessDeniedError(ShmArrayError, PermissionError):
 
 class InvalidNameError(ShmArrayError, ValueError):
     """A name that does not follow ``[A-Za-z0-9_][A-Za-z0-9_-]{0,99}``."""
+
+
+class InvalidArgumentError(ShmArrayError, ValueError):
+    """An argument shmarray cannot represent: a size, shape or tag beyond 64 bits."""
 
 
 class CorruptSegmentError(ShmArrayError, ValueError):

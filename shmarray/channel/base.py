@@ -36,6 +36,7 @@ from ..errors import (
     CorruptSegmentError,
     FrameTooLargeError,
     InternalError,
+    InvalidArgumentError,
     LimitError,
     NotFoundError,
     PeerDiedError,
@@ -80,7 +81,7 @@ def as_array(obj: Any) -> np.ndarray[Any, Any]:
 
 def check_tag(tag: Any, what: str) -> int:
     if not isinstance(tag, (int, np.integer)) or not 0 <= int(tag) <= _MAX_TAG:
-        raise ValueError(f"{what}: tag must be an int in 0..2**64-1, not {tag!r}")
+        raise InvalidArgumentError(f"{what}: a tag is an int in 0..2**64-1, not {tag!r}")
     return int(tag)
 
 
@@ -138,10 +139,12 @@ class Channel:
                 raise TypeError(f"{what} must be an int, not {type(v).__name__}")
         cmax = int(lib.SHM_CHAN_MAX_CAPACITY)
         if capacity < 2 or capacity & (capacity - 1) or capacity > cmax:
-            raise ValueError(f"capacity must be a power of two in 2..{cmax}, not {capacity}")
+            raise InvalidArgumentError(f"channel {name!r}: capacity must be a power of two in "
+                                       f"2..{cmax}, not {capacity}")
         smax = int(lib.SHM_CHAN_MAX_SLOT_BYTES)
         if not 1 <= slot_bytes <= smax:
-            raise ValueError(f"slot_bytes must be 1..{smax:,} (2**40), not {slot_bytes:,}")
+            raise InvalidArgumentError(f"channel {name!r}: slot_bytes must be 1..{smax:,} "
+                                       f"(2**40), not {slot_bytes:,}")
         params = ffi.new("shm_chan_params *")
         params.mode, params.policy, params.max_participants = kind._layout_params(
             mode, policy, max_participants, max_subscribers)
@@ -303,8 +306,10 @@ class Channel:
         buf = self._shape_buf
         for i, s in enumerate(shape):
             if not 0 <= s < 1 << 63:
-                raise FrameTooLargeError(f"a frame of shape {list(shape)} does not fit the "
-                                         f"{self.slot_bytes:,}-byte slots of {self._what()}")
+                raise FrameTooLargeError(
+                    f"a frame of shape {list(shape)} ({dtype}) does not fit the "
+                    f"{self.slot_bytes:,}-byte slots of {self._what()}: create the channel with "
+                    "a larger slot_bytes")
             buf[i] = s
         nbytes = int(lib.shm_chan_set_schema(self._h.h, code, len(shape), buf))
         if nbytes < 0:
@@ -501,8 +506,9 @@ class Channel:
         """Record that ``n`` frames were lost before they reached this channel (e.g. by a
         bridge from another host): ``stats()["dropped"]`` grows by ``n``. Never blocks."""
         self._check_open()
-        if n < 0:
-            raise ValueError(f"count_dropped: n must be >= 0, not {n}")
+        if not 0 <= n < 1 << 64:
+            raise InvalidArgumentError(f"{self._what()}: count_dropped(n) needs 0 <= n < 2**64, "
+                                       f"not {n}")
         lib.shm_chan_count_dropped(self._h.h, n)
 
     # ------------------------------------------------------------------------------------------
@@ -536,12 +542,15 @@ class Channel:
         closed. Frames this handle still holds are given back now, or (while views of them are
         alive) when the last view dies. The channel lives on until unlink(). Idempotent; never
         blocks."""
+        self._close(clean=True)
+
+    def _close(self, clean: bool) -> None:
         if self._closed:
             return
         self._closed = True
         self._tx_ready = self._rx_ready = False  # every call checks again, and finds it closed
         self._close_parts()
-        self._h.close()
+        self._h.close(clean)
         if self._control is not None:
             self._control.close()
 
@@ -557,9 +566,10 @@ class Channel:
     def __enter__(self) -> Any:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        """Close; the creating process also unlinks."""
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        """Close (left by an exception: as a handle that died); the creating process also
+        unlinks."""
+        self._close(clean=exc_type is None)
         if (self._owner_pid == os.getpid()
                 and _segment.owned_nonce(self.name) == self._seg.nonce):
             try:
@@ -569,8 +579,7 @@ class Channel:
 
     def __del__(self) -> None:
         try:
-            if not self._closed:
-                self.close()
+            self._close(clean=False)  # dropped unclosed: as a handle that died
         except Exception:
             pass
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from .._os.native import lib
 from .._os.wait import Spin
-from ..errors import ClosedError, LimitError, PeerDiedError, ShmArrayError
+from ..errors import ClosedError, InvalidArgumentError, LimitError, PeerDiedError, ShmArrayError
 from .base import Channel
 from .handle import CONSUMER, Handle, Segment
 from .lease import BroadcastFrame
@@ -64,7 +64,8 @@ class BroadcastChannel(Channel, modes=("broadcast",)):
             raise ValueError(f"policy must be one of {sorted(POLICIES)}, not {policy!r}")
         smax = int(lib.SHM_CHAN_MAX_PARTICIPANTS) - 1
         if not 1 <= max_subscribers <= smax:
-            raise ValueError(f"max_subscribers must be 1..{smax}, not {max_subscribers}")
+            raise InvalidArgumentError(f"max_subscribers must be 1..{smax}, not "
+                                       f"{max_subscribers}")
         return int(lib.SHM_CHAN_MODE_BROADCAST), POLICIES[policy], max_subscribers + 1
 
     def __init__(self, seg: Segment, *, owner: bool, spin_us: float | None = None) -> None:

@@ -197,6 +197,12 @@ class Handle:
         p = ffi.new("shm_chan_part_info *")
         return p if lib.shm_chan_participant(self.h, index, p) == 0 else None
 
+    def states(self) -> list[int]:
+        """The state of every participant entry (one C call)."""
+        buf = ffi.new("uint32_t[]", self.seg.maxp)
+        n = lib.shm_chan_states(self.h, buf, self.seg.maxp)
+        return list(buf[0:max(0, n)])
+
     def status(self) -> Any:
         st = ffi.new("shm_chan_status_info *")
         lib.shm_chan_status(self.h, st)
@@ -224,12 +230,10 @@ class Handle:
             first = 1 if bcast else 0
             # Never-used entries first: a dead participant's DEAD record is how its peers learn
             # that it died, so it is reused only when no free entry is left.
-            free: list[int] = []
-            rest: list[int] = []
-            for i in range(first, seg.maxp):
-                p = self.participant(i)
-                (free if p is not None and int(p.state) == lib.SHM_CHAN_FREE else rest).append(i)
-            candidates = free + rest
+            states = self.states()[first:]
+            free = [i for i, st in enumerate(states, first) if st == lib.SHM_CHAN_FREE]
+            candidates = free + [i for i, st in enumerate(states, first)
+                                 if st != lib.SHM_CHAN_FREE]
         for _attempt in range(4):
             for index in candidates:
                 got = lib.shm_seg_lock_try(self.lock_fd, 1 + index)
@@ -352,12 +356,7 @@ class Handle:
         return bool(held == 0)
 
     def count_active(self) -> int:
-        n = 0
-        for i in range(self.seg.maxp):
-            p = self.participant(i)
-            if p is not None and int(p.state) in _LIVE:
-                n += 1
-        return n
+        return sum(1 for st in self.states() if st in _LIVE)
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -367,16 +366,19 @@ class Handle:
         self.lock_fd = -1
         self.closed = True
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
         """Leave: unregister now, or (a consumer whose frames are still viewed) when the last
-        view dies; give up the opener byte. Idempotent; never blocks."""
+        view dies; give up the opener byte. ``clean``: counted as a clean close (a handle
+        dropped without close(), or left by an exception, counts as one that died, for peers
+        waiting on a process that never registered). Idempotent; never blocks."""
         if self.closed:
             return
         self.closed = True
         _faults.point("channel.close")  # fault point (tests/faults)
         idle = lib.shm_chan_close_when_idle(self.h)
         if self.opener_byte >= 0:
-            lib.shm_chan_note_close(self.h)
+            if clean:
+                lib.shm_chan_note_close(self.h)
             lib.shm_seg_lock_release(self.lock_fd, self.opener_byte)
             self.opener_byte = -1
         if idle == 1:
@@ -388,7 +390,7 @@ class Handle:
     def __del__(self) -> None:
         try:
             if not self.closed:
-                self.close()
+                self.close(clean=False)
             _close_fd(self.lock_fd)
             self.lock_fd = -1
             if self.db_fds is not None:

@@ -92,10 +92,10 @@ class Receiver:
         if rc == lib.SHM_CHAN_LIMIT:
             held = int(self._rx.self_info().held)
             raise LimitError(
-                f"{self._what()}: this consumer holds {held} frames, the most a ring of "
-                f"{self._rx.seg.capacity} slots lets it hold (capacity - 1): release some (leave "
-                "their with "
-                "blocks), and mind that views keep their frames: copy what you keep "
+                f"{self._what()}: this consumer holds {held} frames; a ring of "
+                f"{self._rx.seg.capacity} slots lets it hold at most capacity - 1, none a full "
+                "lap old (the oldest keeps the slot the next frame needs): release some (leave "
+                "their with blocks), and mind that views keep their frames: copy what you keep "
                 "(recv_copy(), np.array(view))")
         self._raise_rc(rc, op)
 

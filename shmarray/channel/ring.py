@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._os.native import ffi, lease, lib
-from ..errors import PeerDiedError
+from ..errors import InvalidArgumentError, PeerDiedError
 from .base import Channel
 from .handle import CONSUMER, PRODUCER, Segment
 from .lease import FrameBatch
@@ -43,7 +43,8 @@ class RingChannel(Receiver, Channel, modes=tuple(_MODES)):
             raise ValueError(f"policy={policy!r} is for mode='broadcast' only")
         pmax = int(lib.SHM_CHAN_MAX_PARTICIPANTS) - 1
         if not 1 <= max_participants <= pmax:
-            raise ValueError(f"max_participants must be 1..{pmax}, not {max_participants}")
+            raise InvalidArgumentError(f"max_participants must be 1..{pmax}, not "
+                                       f"{max_participants}")
         return _MODES[mode], int(lib.SHM_CHAN_POLICY_BLOCK), max_participants
 
     def __init__(self, seg: Segment, *, owner: bool, spin_us: float | None = None) -> None:

@@ -127,10 +127,12 @@ def spill(payload: Payload, name: str) -> Ref:
 
 
 class _Unpacker(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, data: np.ndarray[Any, Any], copy: bool) -> None:
+    def __init__(self, file: io.BytesIO, data: np.ndarray[Any, Any], copy: bool,
+                 made: list[Any] | None) -> None:
         super().__init__(file)
         self._data = data
         self._copy = copy
+        self._made = made
         self._seen: dict[Any, Any] = {}
 
     def persistent_load(self, pid: Any) -> Any:  # noqa: D102 (pickle's hook)
@@ -150,14 +152,18 @@ class _Unpacker(pickle.Unpickler):
         arr = flat.reshape(tuple(shape)[::-1]).T if fortran else flat.reshape(shape)
         if self._copy:
             arr = arr.copy(order="K")
+            if self._made is not None:
+                self._made.append(arr)
         self._seen[pid] = arr
         return arr
 
 
-def unpack(buf: np.ndarray[Any, Any], *, copy: bool, unlink_named: bool) -> Any:
+def unpack(buf: np.ndarray[Any, Any], *, copy: bool, unlink_named: bool,
+           made: list[Any] | None = None) -> Any:
     """Rebuild the object in frame ``buf``. Arrays are views of the frame (as writable as
-    ``buf``), or copies with ``copy``; a named payload is attached (and unlinked at once with
-    ``unlink_named``: the mapping outlives the name, so its arrays need no copy)."""
+    ``buf``), or copies with ``copy`` (appended to ``made``); a named payload is attached (and
+    unlinked at once with ``unlink_named``: the mapping outlives the name, so its arrays need
+    no copy)."""
     magic, hlen, dlen = PREFIX.unpack_from(buf, 0)  # type: ignore[arg-type, call-overload]
     if magic == NAMED:
         if PREFIX.size + hlen > len(buf):
@@ -176,7 +182,7 @@ def unpack(buf: np.ndarray[Any, Any], *, copy: bool, unlink_named: bool) -> Any:
     if start + dlen > len(buf):
         raise CorruptSegmentError(f"a pool frame of {len(buf)} bytes claims {start + dlen}")
     header = bytes(buf[PREFIX.size:PREFIX.size + hlen])
-    return _Unpacker(io.BytesIO(header), buf[start:start + dlen], copy).load()
+    return _Unpacker(io.BytesIO(header), buf[start:start + dlen], copy, made).load()
 
 
 def map_spill(name: str) -> np.ndarray[Any, Any]:

@@ -7,9 +7,11 @@ tasks done) tells the parent which task a dead worker held.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, NamedTuple
@@ -21,7 +23,14 @@ from .._os import segment as _segment
 from .._os.native import lib
 from ..array import attach
 from ..channel import Channel
-from ..errors import ClosedError, PeerDiedError, ShmArrayError, StreamEnded, WaitTimeoutError
+from ..errors import (
+    ClosedError,
+    LimitError,
+    PeerDiedError,
+    ShmArrayError,
+    StreamEnded,
+    WaitTimeoutError,
+)
 from .packing import ERR, OK, Payload, Ref, format_tb, spill, unlink_quietly, unpack
 
 WORKER_SLICE = 1.0  # s: a worker's wait slice (its watchdog notices a dead parent)
@@ -49,17 +58,28 @@ class WorkerConfig(NamedTuple):
     results: str
 
 
-def watchdog(table_fd: int, spills: list[str]) -> None:
-    """Exit this worker once the pool's parent is gone (its owner lock on the table dropped):
-    workers never outlive their parent. The lock is probed on a descriptor opened at start, so
-    no later limit (EMFILE...) can make it fail; a probe that fails says nothing, and
-    unknown is not dead."""
+def watchdog(table: str, table_fd: int, spills: list[str]) -> None:
+    """Exit this worker once the pool's parent is gone (its owner lock on the table dropped)
+    or the pool's table was removed: workers never outlive their pool. The lock is probed on
+    a descriptor opened at start, so no later limit (EMFILE...) can make it fail; a probe that
+    fails says nothing, and unknown is not dead."""
+    path = _names.segment_path(table)
     while True:
         time.sleep(WATCHDOG)
+        code = -1
         if lib.shm_seg_lock_probe(table_fd, _segment.OWNER_BYTE) == 0:
+            code = 0
+        else:
+            try:
+                os.stat(path)
+            except FileNotFoundError:
+                code = GONE  # removed under the pool (the parent then knows why)
+            except OSError:
+                pass
+        if code >= 0:
             for name in list(spills):
                 unlink_quietly(name)
-            os._exit(0)
+            os._exit(code)
 
 
 class Worker:
@@ -112,20 +132,26 @@ class Worker:
             frame.write(out)
 
     def run(self) -> None:
-        """Take tasks until the stream ends. A function's array arguments are views of its
-        task's slot, writable and its own: the slot goes back when the function returns, or,
-        if it kept a view of them (a cache, an accumulator), when the last such view dies; a
-        function seen keeping its inputs gets private copies from then on, so the ring never
-        stalls."""
+        """Take tasks until the stream ends. A function's array arguments are its own: on its
+        first call in this worker it gets private copies, and whether it keeps them past the
+        call (a cache, an accumulator) is noted. A function that does not keeps getting
+        zero-copy writable views of its task's slot, which goes back when the call returns;
+        one that does keeps getting copies, so the ring never waits for what it keeps. (A
+        function that starts keeping views later holds their slot until it lets them go, and
+        is given copies from then on.)"""
         row, tasks = self.row, self.tasks
-        keepers: set[str] = set()
-        copy_all = False  # this worker holds so many kept frames that every input is copied
+        keeps: dict[str, bool] = {}  # function -> keeps its inputs (learned on its first call)
         while True:
             row[STATE] = IDLE
             try:
                 frame = tasks._recv_writable(WORKER_SLICE)
             except WaitTimeoutError:
                 self.sweep()
+                continue
+            except LimitError:
+                # a function kept views of a frame a whole lap old: wait for it to let go
+                gc.collect()
+                time.sleep(WORKER_SLICE / 10)
                 continue
             except (StreamEnded, PeerDiedError, ClosedError):
                 return
@@ -135,11 +161,14 @@ class Worker:
             # Until the outcome is sent, an exception escaping from here leaves the row BUSY:
             # the parent then fails (or retries) this task rather than wait for it.
             key = ""
+            made: list[Any] = []
             try:
-                fn, args, kwargs = unpack(frame.array, copy=copy_all, unlink_named=False)
+                fn, args, kwargs = unpack(frame.array, copy=False, unlink_named=False)
                 key = fn_key(fn)
-                if not copy_all and key in keepers:
-                    fn, args, kwargs = unpack(frame.array, copy=True, unlink_named=False)
+                if keeps.get(key, True):  # not known to let go: private copies
+                    fn, args, kwargs = unpack(frame.array, copy=True, unlink_named=False,
+                                              made=made)
+                    frame.release()
                 outcome: Any = (OK, fn(*args, **kwargs))
             except BaseException as exc:
                 outcome = (ERR, exc, format_tb(exc))
@@ -148,11 +177,13 @@ class Worker:
             self.send(outcome, tag)
             outcome = None
             frame.release()
-            if not frame.lease.released:  # the function kept a view of its inputs
-                keepers.add(key)
-            del frame
-            held = tasks._held()
-            copy_all = held >= max(1, self.tasks.capacity - 2) or (copy_all and held > 0)
+            if made:  # references: `made`, `a`, getrefcount's argument
+                keeps[key] = any(sys.getrefcount(a) > 3 for a in made)
+            elif key and not frame.lease.released:  # zero copy, and a view of it lives on
+                keeps[key] = True
+            elif key not in keeps:
+                keeps[key] = False
+            del frame, made
             row[DONE] += 1
             if self.spills:
                 self.sweep()
@@ -181,7 +212,7 @@ def worker_main(cfg: WorkerConfig, initializer: Callable[..., Any] | None,
     except ShmArrayError:
         raise SystemExit(GONE) from None
     table_fd = os.open(_names.segment_path(cfg.table), os.O_RDONLY | os.O_CLOEXEC)
-    threading.Thread(target=watchdog, args=(table_fd, worker.spills), daemon=True,
+    threading.Thread(target=watchdog, args=(cfg.table, table_fd, worker.spills), daemon=True,
                      name="shmarray-pool-watchdog").start()
     if initializer is not None:
         try:

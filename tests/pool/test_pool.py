@@ -128,6 +128,10 @@ def test_mixed_arguments_and_results() -> None:
 def test_inputs_arrive_as_private_writable_views_and_results_are_copies() -> None:
     a = np.arange(10.0)
     with shmarray.Pool(1, context="spawn") as pool:
+        # the first call of a function learns whether it keeps its inputs (they are copies);
+        # then a function that does not gets views of its task's slot, writable and its own
+        seen = pool.submit(pf.describe_input, a).result(timeout=30)
+        assert seen == {"writeable": True, "owndata": True, "type": "ndarray", "aligned": True}
         seen = pool.submit(pf.describe_input, a).result(timeout=30)
         assert seen == {"writeable": True, "owndata": False, "type": "ndarray", "aligned": True}
         assert pool.submit(pf.scribble, a).result(timeout=30) == 70.0
@@ -312,7 +316,7 @@ def test_terminate_stops_running_tasks_now(tmp_path: Any) -> None:
     path = str(tmp_path / "pid")
     pool = shmarray.Pool(1, context="spawn")
     running = pool.submit(pf.report_and_sleep, path, 60)
-    queued = [pool.submit(pf.sleep_then, 60) for _ in range(5)]
+    queued = [pool.submit(pf.sleep_then, 60) for _ in range(12)]  # more than the ring holds
     wait_for(lambda: _read(path), 30, "the task to start")
     t0 = time.monotonic()
     pool.terminate()
