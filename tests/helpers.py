@@ -18,12 +18,7 @@ def run_py(code: str, *args: str, timeout: float = 60, check: bool = True,
            env: dict[str, str] | None = None,
            user: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh Python process (spawned, never forked); returns the result."""
-    cmd = [PY, "-c", textwrap.dedent(code), *args]
-    if user is not None:
-        import pwd
-
-        pw = pwd.getpwnam(user)
-        cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", *cmd]
+    cmd = _as_user(user, [PY, "-c", textwrap.dedent(code), *args])
     full_env = dict(os.environ)
     full_env.update(env or {})
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
@@ -33,12 +28,24 @@ def run_py(code: str, *args: str, timeout: float = 60, check: bool = True,
     return res
 
 
-def start_py(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def start_py(code: str, *args: str, env: dict[str, str] | None = None,
+             user: str | None = None) -> subprocess.Popen[str]:
     """Start ``code`` in a fresh Python process; stdout is a pipe (line protocol)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.Popen([PY, "-c", textwrap.dedent(code), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=full_env, cwd=CHILD_CWD)
+    return subprocess.Popen(_as_user(user, [PY, "-c", textwrap.dedent(code), *args]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=full_env, cwd=CHILD_CWD)
+
+
+def _as_user(user: str | None, cmd: list[str]) -> list[str]:
+    """``cmd`` run as ``user`` (setpriv; the caller is root), or as is."""
+    if user is None:
+        return cmd
+    import pwd
+
+    pw = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", *cmd]
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:

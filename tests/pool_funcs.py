@@ -131,3 +131,21 @@ def input_kind(a):
         base = base.base
     a[0] = -1  # it is the function's own, as an unpickled copy is
     return ("copy" if isinstance(base, np.ndarray) else "view", bool(a.flags.writeable))
+
+
+def without_descriptors(seconds: float) -> int:
+    """Holds every free file descriptor (EMFILE for any open) for ``seconds``; returns our pid."""
+    import time
+
+    held = []
+    try:
+        while True:
+            try:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                break
+        time.sleep(seconds)
+    finally:
+        for fd in held:
+            os.close(fd)
+    return os.getpid()

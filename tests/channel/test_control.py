@@ -58,6 +58,39 @@ def test_oversize_and_invalid_messages(name: str) -> None:
         assert "invalid" in ch.control.recv(timeout=1)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), {1, 2}, b"raw"],
+                         ids=repr)
+def test_values_json_cannot_carry_are_type_errors(name: str, value: object) -> None:
+    # one documented exception for every value JSON cannot carry (issue 11, C13)
+    with shmarray.Channel.create(name, slot_bytes=64, capacity=2) as ch:
+        with pytest.raises(TypeError, match=name):
+            ch.control.send({"x": value})
+        cyclic: dict[str, object] = {}
+        cyclic["self"] = cyclic
+        with pytest.raises(TypeError, match=name):
+            ch.control.send(cyclic)
+        with pytest.raises(shmarray.WouldBlockError):
+            ch.control.recv(timeout=0)  # nothing half-sent
+
+
+def test_a_deeply_nested_message_comes_back_invalid_and_the_queue_goes_on(name: str) -> None:
+    # a peer's message nested deeper than the decoder's recursion limit (~1000 levels) is
+    # reported as invalid, not raised as RecursionError, and the next message still arrives
+    # (issue 11, C12)
+    with shmarray.Channel.create(name, slot_bytes=64, capacity=2,
+                                 control_message_size=8192) as ch:
+        run_py(f"""
+            import posix_ipc
+            q = posix_ipc.MessageQueue({ch._seg.control_name!r})
+            q.send(b"[" * 2000 + b"]" * 2000)
+            q.send(b'{{"a":' * 1200 + b"1" + b"}}" * 1200)
+            q.send(b'{{"after": 1}}')
+        """)
+        first, second = ch.control.recv(timeout=1), ch.control.recv(timeout=1)
+        assert set(first) == {"invalid"} and set(second) == {"invalid"}, (first, second)
+        assert ch.control.recv(timeout=1) == {"after": 1}
+
+
 def test_full_queue_blocks_with_timeout(name: str) -> None:
     with shmarray.Channel.create(name, slot_bytes=64, capacity=2) as ch:
         for i in range(10):

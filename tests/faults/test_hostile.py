@@ -71,6 +71,47 @@ def test_other_user_cannot_open_send_or_receive(name: str) -> None:
             assert rx.recv_copy(timeout=1).tobytes() == b"secret"  # untouched
 
 
+@pytest.mark.parametrize("mode", ["work-queue", "broadcast"])
+def test_perm_shares_every_object_with_another_user(name: str, mode: str) -> None:
+    # perm= reaches the segment and the control queue exactly, whatever the umask: another user
+    # opens the channel, receives, sends and talks on the control queue (issue 11, C15)
+    user = nobody_user()
+    if user is None:
+        pytest.skip("needs root, setpriv and a Python that user 'nobody' can run")
+    kw = {"max_subscribers": 2} if mode == "broadcast" else {}
+    old_umask = os.umask(0o077)
+    try:
+        ch = shmarray.Channel.create(name, slot_bytes=64, capacity=4, mode=mode, perm=0o666, **kw)
+    finally:
+        os.umask(old_umask)
+    with ch:
+        assert os.stat(f"/dev/shm/shmarray.{name}").st_mode & 0o777 == 0o666
+        ch.send(b"shared")  # (a subscriber starts at the newest frame)
+        child = start_py(f"""
+            import shmarray
+            ch = shmarray.Channel.open({name!r})
+            rx = ch.subscribe() if ch.mode == "broadcast" else ch
+            print(rx.recv_copy(timeout=10).tobytes().decode(), flush=True)
+            ch.control.send({{"from": "nobody"}}, timeout=10)
+            if ch.mode != "broadcast":
+                rx.close()
+                with shmarray.Channel.open({name!r}) as tx:  # a handle has one role
+                    tx.send(b"reply")
+            print("done", flush=True)
+        """, user=user, env={"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "shared"
+            assert child.stdout.readline().strip() == "done", stop(child)
+            notes = [ch.control.recv(timeout=10) for _ in range(2 if mode == "broadcast" else 1)]
+            assert notes[-1] == {"from": "nobody"}, notes  # (after the subscriber's join note)
+            if mode != "broadcast":
+                with shmarray.Channel.open(name) as back:
+                    assert back.recv_copy(timeout=10).tobytes() == b"reply"
+        finally:
+            stop(child)
+
+
 BAD_NAMES = ["a/b", "..", "../x", "a\0b", "", "-x", ".hidden", "x" * 101, "a b", "a.b", "é"]
 
 

@@ -19,6 +19,7 @@ import pytest
 import pool_funcs as pf
 import shmarray
 from helpers import start_py, stop, wait_for
+from shmarray.pool.worker import WATCHDOG
 
 
 def _inputs() -> list[Any]:
@@ -414,3 +415,11 @@ def test_workers_exit_when_the_parent_dies() -> None:
     # the parent was SIGKILLed: its segments stay (as designed) until cleaned
     for suffix in ("t", "r", "w"):
         shmarray.unlink(f"{base}-{suffix}")
+
+
+def test_a_worker_out_of_descriptors_is_not_taken_for_orphaned() -> None:
+    # the watchdog cannot open anything while the task holds every descriptor: unknown is not
+    # dead, the task completes and the worker lives on (issue 11, B9)
+    with shmarray.Pool(1) as pool:
+        first = pool.submit(pf.without_descriptors, 4 * WATCHDOG).result(timeout=30)
+        assert pool.submit(pf.pid).result(timeout=30) == first
