@@ -33,10 +33,12 @@ def flags() -> tuple[list[str], list[str]]:
     cflags += ["-O0", "-g"] if os.environ.get("SHMARRAY_DEBUG") == "1" else ["-O2"]
     if os.environ.get("SHMARRAY_WERROR") == "1":
         # cffi's generated glue trips a few warnings that are not ours to fix.
-        cflags += ["-Werror", "-Wno-error=unused-parameter", "-Wno-error=missing-field-initializers"]
+        cflags += ["-Werror", "-Wno-error=unused-parameter",
+                   "-Wno-error=missing-field-initializers"]
     san = os.environ.get("SHMARRAY_SANITIZE", "")
     if san == "address":
-        cflags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+        cflags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+                   "-fno-sanitize-recover=all"]
         ldflags += ["-fsanitize=address,undefined"]
     elif san == "thread":
         cflags += ["-fsanitize=thread"]

@@ -17,6 +17,7 @@ import os
 import re
 import time
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from ._os import names as _names
 from ._os import segment as _segment
 from ._os.native import ffi, lib
 from .errors import (
+    AccessDeniedError,
     ClosedError,
     CorruptSegmentError,
     ExistsError,
@@ -268,6 +270,25 @@ class SharedArray(np.ndarray):  # type: ignore[type-arg]
         shm = self._require_shm("unlink")
         _segment.unlink(shm.name, shm.nonce)
 
+    def unlink_when_unreferenced(self) -> SharedArray:
+        """Hand the segment's lifetime to its references: from now on the creating process
+        unlinks it when the last array of that process over its mapping (this one, its views
+        and slices) is collected -- as well as at ``unlink()``, the end of a ``with`` block and
+        exit, as before. Processes that attached it keep their mapping after the unlink. For
+        segments handed to other code (a task result held by a Dask worker): they live exactly
+        as long as something in the owner uses them, and a killed owner's segment is still
+        found by ``shmarray clean``. Returns ``self``; never blocks.
+
+        Raises AccessDeniedError in a process that did not create the segment (attached
+        arrays never unlink), NotFoundError for a private copy."""
+        shm = self._require_shm("unlink it when unreferenced")
+        if shm.owner_pid != os.getpid() or _segment.owned_nonce(shm.name) != shm.nonce:
+            raise AccessDeniedError(
+                f"shared array {shm.name!r} is not owned by this process (pid {os.getpid()}): "
+                "only its creator can hand over its lifetime; attached arrays never unlink")
+        weakref.finalize(shm, _unlink_if_owned, shm.name, shm.nonce, os.getpid())
+        return self
+
     def __enter__(self) -> SharedArray:
         return self
 
@@ -296,6 +317,15 @@ class SharedArray(np.ndarray):  # type: ignore[type-arg]
     def __repr__(self) -> str:
         base = np.asarray(self).view(np.ndarray).__repr__()
         return f"SharedArray[{self.name}]" + base[len("array"):] if self.name else base
+
+
+def _unlink_if_owned(name: str, nonce: int, pid: int) -> None:
+    """unlink_when_unreferenced's finalizer: the owner's last reference died."""
+    if os.getpid() == pid and _segment.owned_nonce(name) == nonce:
+        try:
+            _segment.unlink(name, nonce)
+        except (NotFoundError, OSError):
+            pass
 
 
 def _rebuild(name: str, nonce: int, offset: int, shape: tuple[int, ...],

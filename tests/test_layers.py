@@ -16,10 +16,12 @@ LAYERS: list[set[str]] = [
     {"array"},
     {"channel"},
     {"pool"},
+    {"dask", "bridge"},  # integrations: optional extras, imported only when used
     {"cli"},
 ]
 FACADE = "__init__"  # shmarray/__init__.py: re-exports the layers up to the pool
-ABOVE_FACADE = 5  # from here up (the CLI, integrations) a module uses the public API as users do
+# from here up (integrations, the CLI) a module may use the public API as users do
+ABOVE_FACADE = 5
 ROOT = pathlib.Path(shmarray.__file__).parent
 
 

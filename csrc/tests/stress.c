@@ -341,7 +341,9 @@ static void *ring_consumer(void *arg)
                 rc = shm_chan_recv(h, &f, buf, want, 0);
                 want = f.nbytes;
             } while (rc == SHM_CHAN_RESIZE);
-            if (rc == SHM_CHAN_EMPTY) {
+            if (rc == SHM_CHAN_EMPTY || rc == SHM_CHAN_LIMIT) {
+                /* LIMIT: we hold the slot the next frame needs (only ever with holds) */
+                CHECK(rc != SHM_CHAN_LIMIT || nh > 0, "LIMIT without a held frame");
                 while (nh) /* a sleeping holder could block the producer it waits for */
                     release_held(h, hs, &nh, nh - 1);
                 rc = recv_wait(h, &f, NULL, 0);
@@ -349,7 +351,8 @@ static void *ring_consumer(void *arg)
             }
         } else {
             rc = shm_chan_recv(h, &f, NULL, 0, 0);
-            if (rc == SHM_CHAN_EMPTY) {
+            if (rc == SHM_CHAN_EMPTY || rc == SHM_CHAN_LIMIT) {
+                CHECK(rc != SHM_CHAN_LIMIT || nh > 0, "LIMIT without a held frame");
                 while (nh)
                     release_held(h, hs, &nh, nh - 1);
                 rc = recv_wait(h, &f, NULL, 0);

@@ -544,15 +544,25 @@ class Channel:
         blocks."""
         self._close(clean=True)
 
-    def _close(self, clean: bool) -> None:
+    def _close(self, clean: bool, abandon: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
         self._tx_ready = self._rx_ready = False  # every call checks again, and finds it closed
         self._close_parts()
-        self._h.close(clean)
+        if abandon:
+            self._h.abandon()
+        else:
+            self._h.close(clean)
         if self._control is not None:
             self._control.close()
+
+    def _abandon(self) -> None:
+        """Leave the way a process that dies does (for shmarray.bridge, whose producer relays
+        a sender it lost): the entry stays for peers to reap, so consumers drain what was
+        committed and then get PeerDiedError, where a close() would leave them waiting for a
+        producer that may come. Idempotent; never blocks."""
+        self._close(clean=False, abandon=True)
 
     def _close_parts(self) -> None:
         """Close what belongs to this handle besides itself (broadcast: its subscribers)."""

@@ -366,6 +366,18 @@ class Handle:
         self.lock_fd = -1
         self.closed = True
 
+    def abandon(self) -> None:
+        """Leave as a dead process does: no unregistering, no clean-close count; the liveness
+        and opener locks go (peers reap the entry as a dead one). Idempotent; never blocks."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.opener_byte >= 0:
+            lib.shm_seg_lock_release(self.lock_fd, self.opener_byte)
+            self.opener_byte = -1
+        self.forked()  # forget the entry here; its lock goes with the descriptor
+        _open.discard(self)
+
     def close(self, clean: bool = True) -> None:
         """Leave: unregister now, or (a consumer whose frames are still viewed) when the last
         view dies; give up the opener byte. ``clean``: counted as a clean close (a handle

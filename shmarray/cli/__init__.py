@@ -1,4 +1,5 @@
-"""The ``shmarray`` command: one module per command family (ls and clean, demo, bench).
+"""The ``shmarray`` command: one module per command family (ls and clean, demo, bench), and
+the integrations' commands (bridge).
 
 A new command is a module here with an ``add_parser(subparsers)`` (or ``add_parsers``) that
 sets ``func``; ``main`` wires it in. Integrations (bridge, ...) live in their own packages and
@@ -16,11 +17,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="shmarray", description="Zero-copy shared-memory numpy arrays and channels (Linux).")
     sub = parser.add_subparsers(dest="command", required=True)
+    from .. import bridge
     from . import bench, demo, ls
 
     ls.add_parsers(sub)
     demo.add_parser(sub)
     bench.add_parser(sub)
+    bridge.add_parser(sub)  # (imports no zmq until it runs)
     args = parser.parse_args(argv)
     rc: int = args.func(args)
     return rc
