@@ -356,14 +356,17 @@ def _as_array(mapping: _segment.Mapping, shm: _Shm, dtype: np.dtype[Any], shape:
     return arr
 
 
-def _normalize_shape(shape: Any) -> tuple[int, ...]:
+def _normalize_shape(name: str, shape: Any) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints; InvalidArgumentError (a ValueError) naming the array when
+    it has a negative dimension or too many dimensions."""
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
     out = tuple(int(s) for s in shape)
     if any(s < 0 for s in out):
-        raise ValueError(f"negative dimension in shape {out}")
+        raise InvalidArgumentError(f"shared array {name!r}: negative dimension in shape {out}")
     if len(out) > lib.SHM_SEG_MAXDIMS:
-        raise ValueError(f"{len(out)} dimensions; the limit is {lib.SHM_SEG_MAXDIMS}")
+        raise InvalidArgumentError(f"shared array {name!r}: {len(out)} dimensions; the limit is "
+                                   f"{lib.SHM_SEG_MAXDIMS}: reshape it")
     return out
 
 
@@ -396,7 +399,7 @@ def create(name: str | None = None, shape: Any = (), dtype: Any = float, *, orde
         name = _names.unique("array")
     _names.validate(name)
     dt = np.dtype(dtype)
-    shp = _normalize_shape(shape)
+    shp = _normalize_shape(name, shape)
     if order not in ("C", "F"):
         raise ValueError(f"order must be 'C' or 'F', not {order!r}")
     text = dtype_text(dt)

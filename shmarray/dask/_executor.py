@@ -7,7 +7,6 @@ import atexit
 import concurrent.futures
 import itertools
 import pickle
-import queue
 import re
 import threading
 import time
@@ -22,6 +21,7 @@ import distributed
 from distributed.client import FutureCancelledError
 
 import shmarray
+from shmarray.pool import window
 
 from ._plugin import install
 from ._wire import Payload, arrays_in, has_arrays
@@ -550,77 +550,8 @@ class Executor(concurrent.futures.Executor):
             return self._core.submit(fn, x, {}, fn)
 
         pending = [submit(x) for x in itertools.islice(it, self._window)]
-        if ordered:
-            return self._ordered(deque(pending), it, submit, chunksize > 1, end_time)
-        return self._unordered(pending, it, submit, chunksize > 1)
-
-    def _ordered(self, pending: deque[Future[Any]], rest: Iterator[Any],
-                 submit: Callable[[Any], Future[Any]], chunks: bool,
-                 end_time: float | None) -> Iterator[Any]:
-        end = object()
-        try:
-            while pending:
-                fut = pending.popleft()
-                nxt = next(rest, end)
-                if nxt is not end:
-                    pending.append(submit(nxt))
-                del nxt
-                value = self._wait(fut, end_time)
-                del fut
-                if chunks:
-                    yield from value
-                else:
-                    yield value
-                del value
-        finally:
-            for f in pending:
-                f.cancel()
-
-    def _unordered(self, pending: list[Future[Any]], rest: Iterator[Any],
-                   submit: Callable[[Any], Future[Any]], chunks: bool) -> Iterator[Any]:
-        done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
-        outstanding = set(pending)
-        for f in pending:
-            f.add_done_callback(done.put)
-        del pending
-        end = object()
-        try:
-            while outstanding:
-                try:
-                    fut = done.get(timeout=1.0)
-                except queue.Empty:
-                    self._check_alive()
-                    continue
-                outstanding.discard(fut)
-                nxt = next(rest, end)
-                if nxt is not end:
-                    f = submit(nxt)
-                    outstanding.add(f)
-                    f.add_done_callback(done.put)
-                del nxt
-                value = fut.result()
-                del fut
-                if chunks:
-                    yield from value
-                else:
-                    yield value
-                del value
-        finally:
-            for f in outstanding:
-                f.cancel()
-
-    def _wait(self, fut: Future[Any], end_time: float | None) -> Any:
-        while True:
-            step = 1.0
-            if end_time is not None:
-                step = min(step, end_time - time.monotonic())
-                if step <= 0:
-                    fut.cancel()
-                    raise concurrent.futures.TimeoutError()
-            done, _ = concurrent.futures.wait([fut], timeout=step)
-            if done:
-                return fut.result()
-            self._check_alive()
+        return window.results(pending, it, submit, chunksize > 1, ordered, end_time,
+                              self._check_alive)
 
     def _check_alive(self) -> None:
         core = self._core

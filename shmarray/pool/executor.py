@@ -24,9 +24,11 @@ Which path each thing takes:
 - A plain ``numpy.ndarray`` of any dtype without Python objects (numbers, bool, datetimes,
   strings, structured), any shape (0-d and empty included) and any memory layout, anywhere in
   the arguments or the result (top level or nested in tuples, lists, dicts, objects): its bytes
-  are written once into the frame's data area. A worker receives a *writable view of the slot*
-  (no copy; private to that worker until ``fn`` returns: do not keep it after the call, copy
-  it). The caller receives a *private copy*, made as soon as the result arrives, so an ordered
+  are written once into the frame's data area. A worker's function gets arrays of its own, as
+  under ``ProcessPoolExecutor``: on its first call private copies; if it kept none of them
+  past the call, from then on *writable views of the slot* (no copy; the slot goes back when
+  the call returns and nothing refers to the views any more), else copies again (worker.py).
+  The caller receives a *private copy*, made as soon as the result arrives, so an ordered
   ``imap`` never holds result slots while it waits for an earlier task.
 - A ``SharedArray`` backed by a named segment travels by reference (its name, offset and
   strides: nothing is copied); the worker maps the same memory, so writes to it are shared.
@@ -60,7 +62,6 @@ import signal
 import threading
 import time
 import weakref
-from collections import deque
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator, Literal
@@ -71,6 +72,7 @@ from .._os import names as _names
 from ..array import create
 from ..channel import Channel
 from ..errors import InternalError, PeerDiedError, ShmArrayError, StreamEnded, WaitTimeoutError
+from . import window
 from .packing import ERR, Payload, Ref, format_tb, named_in_frame, result_of, spill, sweep
 from .packing import unlink_quietly, unpack
 from .worker import (
@@ -725,7 +727,7 @@ class Pool(Executor):
         try:
             fs.reverse()
             while fs:
-                value = self._wait(fs.pop(), end_time)
+                value = window.wait(fs.pop(), end_time, self._check_alive)
                 if chunks:
                     yield from value
                 else:
@@ -770,78 +772,8 @@ class Pool(Executor):
                 self._core.ensure_started((fn, (x,), {}) for x in first)
         pending = [submit(x) for x in first]
         del first
-        if ordered:
-            return self._ordered(deque(pending), it, submit, chunksize > 1)
-        return self._unordered(pending, it, submit, chunksize > 1)
-
-    def _ordered(self, pending: deque[Future[Any]], rest: Iterator[Any],
-                 submit: Callable[[Any], Future[Any]], chunks: bool) -> Iterator[Any]:
-        end = object()
-        try:
-            while pending:
-                fut = pending.popleft()
-                nxt = next(rest, end)
-                if nxt is not end:
-                    pending.append(submit(nxt))
-                del nxt
-                value = self._wait(fut, None)
-                del fut
-                if chunks:
-                    yield from value
-                else:
-                    yield value
-                del value
-        finally:
-            for f in pending:
-                f.cancel()
-
-    def _unordered(self, pending: list[Future[Any]], rest: Iterator[Any],
-                   submit: Callable[[Any], Future[Any]], chunks: bool) -> Iterator[Any]:
-        done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
-        outstanding = set(pending)
-        for f in pending:
-            f.add_done_callback(done.put)
-        del pending
-        end = object()
-        try:
-            while outstanding:
-                try:
-                    fut = done.get(timeout=1.0)
-                except queue.Empty:
-                    self._check_alive()
-                    continue
-                outstanding.discard(fut)
-                nxt = next(rest, end)
-                if nxt is not end:
-                    f = submit(nxt)
-                    outstanding.add(f)
-                    f.add_done_callback(done.put)
-                del nxt
-                value = fut.result()
-                del fut
-                if chunks:
-                    yield from value
-                else:
-                    yield value
-                del value
-        finally:
-            for f in outstanding:
-                f.cancel()
-
-    def _wait(self, fut: Future[Any], end_time: float | None) -> Any:
-        if fut.done():
-            return fut.result()
-        while True:
-            step = 1.0
-            if end_time is not None:
-                step = min(step, end_time - time.monotonic())
-                if step <= 0:
-                    fut.cancel()
-                    raise concurrent.futures.TimeoutError()
-            done, _ = concurrent.futures.wait([fut], timeout=step)
-            if done:
-                return fut.result()
-            self._check_alive()
+        return window.results(pending, it, submit, chunksize > 1, ordered, None,
+                              self._check_alive)
 
     def _check_alive(self) -> None:
         core = self._core

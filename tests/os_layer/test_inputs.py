@@ -63,6 +63,15 @@ def test_sizes_beyond_64_bits_are_refused_by_name(name: str, shape: tuple[int, .
     assert not os.path.exists(f"/dev/shm/shmarray.{name}")
 
 
+@pytest.mark.parametrize("shape,why", [((3, -1), "negative dimension"),
+                                       ((1,) * 65, "65 dimensions; the limit")])
+def test_impossible_shapes_are_refused_by_name(name: str, shape: tuple[int, ...],
+                                               why: str) -> None:
+    with pytest.raises(shmarray.InvalidArgumentError, match=f"shared array '{name}': {why}"):
+        shmarray.create(name, shape=shape, dtype=np.uint8)
+    assert not os.path.exists(f"/dev/shm/shmarray.{name}")
+
+
 STRUCTURED = [
     np.dtype([(("Temperature", "temp"), "<f4"), ("n", "<i2")]),             # titles
     np.dtype([("a", "u1"), ("b", "<f8")], align=True),                     # alignment
