@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"_os", "_ring", "_lease"},  # the OS layer and the C core it loads (csrc/)
     {"array"},
     {"channel"},
-    {"pool"},
+    {"pool", "aio"},  # built on channels: the worker pool; the asyncio twins
     {"dask", "bridge"},  # integrations: optional extras, imported only when used
     {"cli"},
 ]

@@ -3,7 +3,8 @@
 A user name is ``[A-Za-z0-9_][A-Za-z0-9_-]{0,99}``. The segment is ``/shmarray.<name>``
 (``/dev/shm/shmarray.<name>``); the semaphores and the control queue of a channel are
 ``/shmarray.<name>.<nonce>.<role>``, where the nonce (16 hex digits, recorded in the segment
-header) tells one incarnation of a name from the next.
+header) tells one incarnation of a name from the next. An asyncio waiter's doorbell is the FIFO
+``/dev/shm/shmarray.<name>.<nonce>.db<participant index>`` (shmarray.aio).
 """
 
 from __future__ import annotations
@@ -62,3 +63,18 @@ def from_segment_file(filename: str) -> str | None:
         return None
     rest = filename[len(PREFIX):]
     return rest if _NAME_RE.match(rest) else None
+
+
+_DOORBELL_RE = re.compile(re.escape(PREFIX) + "(" + NAME_RULE + r")\.([0-9a-f]{16})\.db[0-9]+\Z")
+
+
+def doorbell_prefix(name: str, nonce: int) -> str:
+    """The path prefix of the doorbell FIFOs of channel ``name`` (incarnation ``nonce``): the
+    participant index follows it."""
+    return f"{SHM_DIR}/{PREFIX}{name}.{nonce:016x}.db"
+
+
+def doorbell_owner(filename: str) -> tuple[str, int] | None:
+    """(channel name, nonce) of a /dev/shm file name that is a doorbell FIFO, else None."""
+    m = _DOORBELL_RE.match(filename)
+    return (m.group(1), int(m.group(2), 16)) if m else None

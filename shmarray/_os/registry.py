@@ -1,7 +1,8 @@
 """Discovery of shmarray objects on this machine, their owners' liveness, and cleanup.
 
 Everything is found from /dev/shm: segments are ``shmarray.<name>``, semaphores
-``sem.shmarray.<name>.<nonce>.<role>``; message queues cannot be listed where /dev/mqueue is
+``sem.shmarray.<name>.<nonce>.<role>``, asyncio doorbell FIFOs
+``shmarray.<name>.<nonce>.db<index>``; message queues cannot be listed where /dev/mqueue is
 not mounted, so each segment header records the OS names of the objects that belong to it, and
 cleanup works from those lists (it never guesses).
 """
@@ -26,7 +27,8 @@ class Entry:
     """One shmarray segment (or an orphaned semaphore) as `shmarray ls` shows it."""
 
     name: str
-    kind: str  # "array", "channel", "unknown" (header unreadable), "semaphore" (orphan)
+    kind: str  # "array", "channel", "unknown" (header unreadable), "semaphore", "doorbell"
+    #          (orphans: their segment is gone)
     size: int
     owner_pid: int = 0
     alive: bool | None = None  # owner liveness: True, False, None (cannot tell)
@@ -146,14 +148,32 @@ def _orphan_semaphores(live: dict[str, Entry]) -> list[Entry]:
     return out
 
 
+def _orphan_doorbells(live: dict[str, Entry]) -> list[Entry]:
+    """Doorbell FIFOs whose channel incarnation is gone (their waiter was killed and the
+    channel unlinked by a process that could not see them, or recreated since)."""
+    out = []
+    for fn in sorted(os.listdir(_names.SHM_DIR)):
+        owner = _names.doorbell_owner(fn)
+        if owner is None:
+            continue
+        name, nonce = owner
+        e = live.get(name)
+        if e is not None and (_names.sub_object(name, nonce, "ctl") in e.objects
+                              or not e.ready):
+            continue
+        out.append(Entry(os.path.join(_names.SHM_DIR, fn), "doorbell", 0, alive=False,
+                         problem="orphan: its channel is gone"))
+    return out
+
+
 def scan() -> list[Entry]:
-    """Every shmarray object in /dev/shm: segments, then orphaned semaphores."""
+    """Every shmarray object in /dev/shm: segments, then orphaned semaphores and doorbells."""
     entries: dict[str, Entry] = {}
     for fn in sorted(os.listdir(_names.SHM_DIR)):
         name = _names.from_segment_file(fn)
         if name is not None:
             entries[name] = inspect(name)
-    return list(entries.values()) + _orphan_semaphores(entries)
+    return list(entries.values()) + _orphan_semaphores(entries) + _orphan_doorbells(entries)
 
 
 def clean(names: list[str] | None = None, *, force: bool = False, dry_run: bool = False,
@@ -176,8 +196,8 @@ def clean(names: list[str] | None = None, *, force: bool = False, dry_run: bool 
         orphans: list[Entry] = []
     else:
         all_entries = scan()
-        targets = [e for e in all_entries if e.kind != "semaphore"]
-        orphans = [e for e in all_entries if e.kind == "semaphore"]
+        targets = [e for e in all_entries if e.kind not in ("semaphore", "doorbell")]
+        orphans = [e for e in all_entries if e.kind in ("semaphore", "doorbell")]
     for e in targets:
         if e.alive and not force:
             if names:
@@ -205,6 +225,14 @@ def clean(names: list[str] | None = None, *, force: bool = False, dry_run: bool 
         extra = f" (+{len(e.objects)} semaphores/queues)" if e.objects else ""
         report(f"{verb} {e.kind} {e.name}{extra}, owner pid {e.owner_pid} {e.state}")
     for o in orphans:
+        if o.kind == "doorbell":
+            if not dry_run:
+                try:
+                    os.unlink(o.name)
+                except OSError:
+                    pass
+            report(f"{'would remove' if dry_run else 'removed'} orphaned doorbell {o.name}")
+            continue
         if not dry_run:
             try:
                 posix_ipc.unlink_semaphore(o.name)

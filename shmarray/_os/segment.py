@@ -548,8 +548,8 @@ def reopen(fd: int, readonly: bool = False) -> int:
 
 
 def unlink_objects(objects: list[str]) -> None:
-    """Unlink the queue (and, from older versions, semaphores) a segment header lists
-    (missing ones are fine)."""
+    """Unlink the queue (and, from older versions, semaphores) a segment header lists, and the
+    doorbell FIFOs of the same incarnation (missing ones are fine)."""
     import posix_ipc
 
     for obj in objects:
@@ -562,6 +562,23 @@ def unlink_objects(objects: list[str]) -> None:
             pass
         except posix_ipc.PermissionsError:
             pass
+        if obj.endswith(".ctl"):  # /shmarray.<name>.<nonce>.ctl -> .../shmarray.<name>.<nonce>.db*
+            unlink_doorbells(f"{_names.SHM_DIR}{obj[:-len('ctl')]}db")
+
+
+def unlink_doorbells(prefix: str) -> None:
+    """Remove the doorbell FIFOs ``<prefix><index>`` (shmarray.aio) left by waiters."""
+    head, _, stem = prefix.rpartition("/")
+    try:
+        files = os.listdir(head)
+    except OSError:
+        return
+    for fn in files:
+        if fn.startswith(stem) and fn[len(stem):].isdigit():
+            try:
+                os.unlink(os.path.join(head, fn))
+            except OSError:
+                pass
 
 
 def unlink(name: str, nonce: int | None = None) -> None:

@@ -154,6 +154,12 @@ class Handle:
                                       f"({chan_strerror(rc)})")
         if _debug():
             lib.shm_chan_set_debug(h, 1)
+        # every handle can ring asyncio waiters' doorbells (shmarray.aio): a cache of their
+        # FIFOs' descriptors, opened on first ring; nothing happens until one is armed
+        nparts = seg.maxp
+        self.db_fds = ffi.new("int[]", [-1] * nparts)
+        self.db_prefix = ffi.new("char[]", _names.doorbell_prefix(seg.name, seg.nonce).encode())
+        lib.shm_chan_set_doorbells(h, self.db_fds, nparts, self.db_prefix)
         self.h = h
         self.addr = int(ffi.cast("uintptr_t", h))
         self.held_bits = ffi.new("uint64_t[]", (seg.capacity + 63) // 64)
