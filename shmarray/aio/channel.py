@@ -75,7 +75,8 @@ class _Receiving:
         Raises as the sync recv: StreamEnded, PeerDiedError, WaitTimeoutError, LimitError,
         ClosedError."""
         s = self._sync
-        return await self._await_data(lambda: s.recv(timeout=0, copy=copy), timeout)
+        return await await_op(lambda: s.recv(timeout=0, copy=copy), self._rx.bell, _DATA,
+                              timeout, s._between_recv, s._empty_error)
 
     async def recv_copy(self, timeout: float | None = None) -> np.ndarray[Any, Any]:
         """Await the next frame as an ordinary array of your own (as the sync recv_copy)."""

@@ -37,7 +37,8 @@ T = TypeVar("T")
 class Doorbell:
     """The FIFO one participant (a C handle) of a channel sleeps on, read by one loop."""
 
-    __slots__ = ("handle", "loop", "path", "fd", "waiter")
+    __slots__ = ("handle", "loop", "path", "fd", "waiter", "buf", "deferred", "tick",
+                 "tick_when")
 
     def __init__(self, handle: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.handle = handle
@@ -52,29 +53,75 @@ class Doorbell:
             os.mkfifo(self.path, 0o600)
         self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         self.waiter: asyncio.Future[bool] | None = None
+        self.buf = bytearray(256)
+        #: direction -> the pending call of a deferred disarm (see disarm_soon)
+        self.deferred: dict[int, asyncio.Handle] = {}
+        #: the slice timer (see sleep_until) and when it fires (loop.time())
+        self.tick: asyncio.TimerHandle | None = None
+        self.tick_when = 0.0
         loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
+        # one read drains it, into a buffer of our own (no allocation): an armed waiter is
+        # rung about once per post, and a FIFO left with bytes calls back again
         try:
-            while os.read(self.fd, 4096):
-                pass
+            os.readv(self.fd, [self.buf])
         except BlockingIOError:
             pass
         _settle(self.waiter, True)
 
-    async def wait(self, seconds: float) -> bool:
-        """Sleep until rung (True) or ``seconds`` pass (False)."""
+    def sleep_until(self, when: float) -> asyncio.Future[bool]:
+        """A future resolved True when rung, False at the latest at ``when`` (loop.time()).
+
+        The slice timer is shared by successive waits and left running after a ring: a
+        frame-paced stream then costs no timer per frame, only one per slice (100 ms); a
+        wait it ends early merely runs the liveness probe sooner."""
         w: asyncio.Future[bool] = self.loop.create_future()
         self.waiter = w
-        timer = self.loop.call_later(seconds, _settle, w, False)
-        try:
-            return await w
-        finally:
-            timer.cancel()
-            self.waiter = None
+        if self.tick is None or self.tick_when > when:
+            if self.tick is not None:
+                self.tick.cancel()
+            self.tick = self.loop.call_at(when, self._tick)
+            self.tick_when = when
+        return w
+
+    def _tick(self) -> None:
+        self.tick = None
+        _settle(self.waiter, False)
+
+    def arm(self, which: int) -> None:
+        """Announce that this participant waits on its FIFO for direction ``which``."""
+        pending = self.deferred.pop(which, None)
+        if pending is not None:  # still armed since the last wake: keep it that way
+            pending.cancel()
+            return
+        lib.shm_chan_arm_doorbell(self.handle.h, which)
+
+    def disarm(self, which: int) -> None:
+        """Withdraw the announcement now."""
+        pending = self.deferred.pop(which, None)
+        if pending is not None:
+            pending.cancel()
+        lib.shm_chan_disarm_doorbell(self.handle.h, which)
+
+    def disarm_soon(self, which: int) -> None:
+        """Withdraw it at the loop's next turn, after the woken coroutine ran: the wake path
+        returns its frame first. A post meanwhile costs the poster one spare ring, drained
+        here; an await that arms again meanwhile keeps the announcement instead."""
+        if which not in self.deferred:
+            self.deferred[which] = self.loop.call_soon(self._disarm_now, which)
+
+    def _disarm_now(self, which: int) -> None:
+        if self.deferred.pop(which, None) is not None:
+            lib.shm_chan_disarm_doorbell(self.handle.h, which)
 
     def close(self) -> None:
-        """Stop reading, close and unlink the FIFO (idempotent)."""
+        """Withdraw, stop reading, close and unlink the FIFO (idempotent)."""
+        for which in list(self.deferred):
+            self.disarm(which)
+        if self.tick is not None:
+            self.tick.cancel()
+            self.tick = None
         if self.fd >= 0:
             try:
                 self.loop.remove_reader(self.fd)
@@ -121,24 +168,35 @@ async def await_op(attempt: Callable[[], T], bell: Callable[[], Doorbell], which
             raise
     deadline = Deadline(timeout)
     door = bell()
-    h = door.handle.h
+    loop = door.loop
     while True:
-        lib.shm_chan_arm_doorbell(h, which)
+        door.arm(which)
         try:
             try:
-                return attempt()  # the re-check after arming: no ring can be missed
+                got = attempt()  # the re-check after arming: no ring can be missed
             except WouldBlockError:
                 pass
+            else:
+                door.disarm(which)
+                return got
             step = deadline.slice(SLICE)
             if step <= 0:
                 raise on_timeout(False)
-            woken = await door.wait(step)
-        finally:
-            lib.shm_chan_disarm_doorbell(h, which)
-        if not woken:
-            gone = between()
+            # sleep until rung (True) or the slice passes (False), awaited here rather than
+            # in a coroutine of its own: one frame less to resume on the wake path
             try:
-                return attempt()
+                woken = await door.sleep_until(loop.time() + step)
+            finally:
+                door.waiter = None
+            gone = None if woken else between()
+            try:
+                got = attempt()  # rung: the frame (or the slot) is there, as a rule
             except WouldBlockError:
                 if gone is not None:
                     raise gone from None
+                continue  # still armed: sleep again
+        except BaseException:  # a timeout, a peer's death, a cancellation: nothing left armed
+            door.disarm(which)
+            raise
+        door.disarm_soon(which)  # the wake path returns its result first
+        return got

@@ -60,6 +60,38 @@ def snapshot(mapping: Any, probe_fd: int) -> dict[str, Any]:
     return _snapshot(h, info, probe_fd)
 
 
+def read(name: str) -> dict[str, Any] | None:
+    """The snapshot of channel ``name`` read from outside (a read-only mapping: nothing is
+    registered, nothing written), with its ``name``, ``owner_pid`` and ``nonce``; None when it
+    is not a ready, valid channel (gone, an array, being created, corrupt)."""
+    import mmap
+
+    from .._os import segment as _segment
+
+    try:
+        fd = os.open(_names.segment_path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size < lib.SHM_SEG_MIN_SIZE:
+            return None
+        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        mapping = _segment.Mapping(name, mm, size, True)
+        rc, info = _segment.read_header(mapping, require_ready=True)
+        if rc != 0 or int(info.kind) != lib.SHM_SEG_KIND_RING:
+            return None
+        fields = _segment.header_fields(info)
+        try:
+            snap = snapshot(mapping, fd)
+        except ValueError:
+            return None
+        snap.update(name=name, owner_pid=fields["creator_pid"], nonce=fields["nonce"])
+        return snap
+    finally:
+        os.close(fd)
+
+
 def _snapshot(h: Any, info: Any, probe_fd: int) -> dict[str, Any]:
     """The counters of C handle ``h`` over a validated layout ``info`` (each shared word read
     once, as the core reads it: no second look at the header)."""

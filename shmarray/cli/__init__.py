@@ -1,4 +1,4 @@
-"""The ``shmarray`` command: one module per command family (ls and clean, demo, bench), and
+"""The ``shmarray`` command: one module per command family (ls and clean, demo, bench, top), and
 the integrations' commands (bridge).
 
 A new command is a module here with an ``add_parser(subparsers)`` (or ``add_parsers``) that
@@ -18,11 +18,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="shmarray", description="Zero-copy shared-memory numpy arrays and channels (Linux).")
     sub = parser.add_subparsers(dest="command", required=True)
     from .. import bridge
-    from . import bench, demo, ls
+    from . import bench, demo, ls, top
 
     ls.add_parsers(sub)
     demo.add_parser(sub)
     bench.add_parser(sub)
+    top.add_parser(sub)
     bridge.add_parser(sub)  # (imports no zmq until it runs)
     args = parser.parse_args(argv)
     rc: int = args.func(args)

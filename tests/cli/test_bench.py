@@ -227,3 +227,17 @@ def test_bench_run_api() -> None:
     out = bench.run(tiny_plan(T.MpPipe, workloads=("latency",)))
     assert out["records"][0]["status"] == "ok"
     assert "Latency" in out["table"] and out["elapsed_s"] > 0
+
+
+def test_wake_records_for_every_method() -> None:
+    # not a timing assertion: every method runs, receives every frame and gives a record
+    from shmarray.cli.bench import wake
+
+    recs = wake.measure(samples=60, interval=0.002, rounds=2)
+    assert [r["transport"] for r in recs] == list(wake.METHODS)
+    for r in recs:
+        assert r["status"] == "ok", r
+        assert r["workload"] == "wake" and r["n"] >= 50 and 0 < r["median"] <= r["p99"]
+    assert next(r for r in recs if r["transport"] == wake.BASELINE)["vs_eventfd"] == 1.0
+    text = report.table(recs, {}, report.machine(), "test")
+    assert "Await-wake" in text and "shmarray.aio" in text

@@ -10,7 +10,8 @@ table; ``--json`` and ``--plot`` write the records and a PNG.
     shmarray bench --only shmarray --only mp.Queue --json out.json
 
 Modules: transports (one class per transport), runner (processes, timing, statistics),
-floor (the C probe and memcpy), report (table, JSON, plot, progress).
+floor (the C probe and memcpy), wake (await-wake latency of asyncio consumers), report
+(table, JSON, plot, progress).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from . import floor as _floor
 from . import report, runner
 from . import transports as _transports
+from . import wake as _wake
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -45,6 +47,11 @@ def run(plan: runner.Plan, *, progress: report.Progress | None = None,
             sizes.update(item.nbytes for item in group if item.workload != "latency")
     floor = _floor.measure(sorted(sizes), quick=plan.quick)
     records = runner.run(plan, progress=progress)
+    if "wake" in plan.workloads and any(plan.selected(m, "wake") for m in _wake.METHODS):
+        if progress is not None:
+            progress.note("await-wake latency: asyncio consumers, 1 frame per ms")
+        records += _wake.measure(samples=400 if plan.quick else 3000,
+                                 rounds=2 if plan.quick else 3)
     report.annotate(records, floor)
     elapsed = time.monotonic() - t0
     text = report.table(records, floor, mach, command, elapsed)

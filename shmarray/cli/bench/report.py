@@ -79,7 +79,7 @@ def annotate(records: list[dict[str, Any]], floor: dict[str, Any]) -> None:
     for r in records:
         r.setdefault("vs_queue", None)
         r.setdefault("floor_fraction", None)
-        if r["status"] != "ok":
+        if r["status"] != "ok" or r["workload"] == "wake":  # wake: vs_eventfd (wake.py)
             continue
         base = _find(records, T.BASELINE, r["workload"], r["size"])
         if r["workload"] == "latency":
@@ -247,6 +247,21 @@ def table(records: list[dict[str, Any]], floor: dict[str, Any], mach: dict[str, 
                                 _pct(r["floor_fraction"])])
         lines += _grid(rows, {1, 3, 4, 5, 6, 7})
 
+    # await-wake
+    wk = [r for r in records if r["workload"] == "wake"]
+    if wk:
+        lines.append("")
+        lines.append(f"Await-wake: a sleeping consumer woken by a producer in another process, "
+                     f"1 frame per {wk[0]['interval_s'] * 1e3:g} ms (lower is better)")
+        rows = [["consumer", "median", "p99", "IQR", "vs eventfd"]]
+        for r in wk:
+            if r["status"] != "ok":
+                rows.append([r["transport"], _status(r)])
+                continue
+            rows.append([r["transport"], fmt_ns(r["median"]), fmt_ns(r["p99"]),
+                         _pct(r["spread"]), _ratio(r.get("vs_eventfd"))])
+        lines += _grid(rows, {1, 2, 3, 4})
+
     # notes
     lines.append("")
     lines.append("Notes:")
@@ -270,6 +285,13 @@ def table(records: list[dict[str, Any]], floor: dict[str, Any], mach: dict[str, 
     if skipped:
         lines.append(f"  fan-out skipped for {', '.join(sorted({r['transport'] for r in skipped}))}"
                      f": {skipped[0]['error']}")
+    if wk:
+        lines.append("  await-wake: the consumer's CLOCK_MONOTONIC when its code runs minus the "
+                     "frame's commit timestamp. shmarray.aio: await ch.recv() (doorbell FIFO); "
+                     "run_in_executor: the sync recv in a thread, awaited; sync recv: futex, no "
+                     "event loop; eventfd (bare): the floor, a coroutine awaiting a future that "
+                     "an add_reader callback on an eventfd resolves (no channel); vs eventfd: "
+                     "median / its median.")
     lines.append("  a noisy VM (shared cores) moves every figure between runs: compare ratios "
                  "within one run, not absolute numbers across runs.")
     return "\n".join(lines)
@@ -320,23 +342,27 @@ def plot(path: str, records: list[dict[str, Any]], floor: dict[str, Any],
         raise PlotUnavailable(
             "--plot needs matplotlib, which is not installed: pip install 'shmarray[bench]' "
             "(or pip install matplotlib)") from exc
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    wk = [r for r in records if r["workload"] == "wake" and r["status"] == "ok"]
+    fig, axes = plt.subplots(1, 3 if wk else 2, figsize=(20 if wk else 14, 5.5))
+    ax1, ax2 = axes[0], axes[1]
+    # frames/s, not GB/s: a zero-copy row's GB/s counts bytes made visible, not moved, and
+    # would dwarf every transport that moves them; frames/s compares like with like
     tp = [r for r in records if r["workload"] == "throughput" and r["status"] == "ok"]
     for name in [c.name for c in T.ALL]:
-        pts = sorted((r["nbytes"], r["gb_per_s"]) for r in tp if r["transport"] == name)
+        pts = sorted((r["nbytes"], r["frames_per_s"]) for r in tp if r["transport"] == name)
         if pts:
             style = "-o" if name.startswith("shmarray") else "--."
             ax1.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
     mc = floor.get("memcpy") or {}
-    pts = sorted((int(k), v.get("c_memcpy_gbps")) for k, v in mc.items()
+    pts = sorted((int(k), v["c_memcpy_gbps"] * 1e9 / int(k)) for k, v in mc.items()
                  if v.get("c_memcpy_gbps"))
     if pts:
         ax1.plot([p[0] for p in pts], [p[1] for p in pts], ":", color="black",
-                 label="floor: 1-core memcpy")
+                 label="floor: 1-core memcpy of each frame")
     ax1.set_xscale("log", base=2)
     ax1.set_yscale("log")
     ax1.set_xlabel("frame size (bytes)")
-    ax1.set_ylabel("GB/s (median)")
+    ax1.set_ylabel("frames/s (median)")
     ax1.set_title("Throughput, 1 producer -> 1 consumer")
     ax1.grid(True, which="both", alpha=0.3)
     ax1.legend(fontsize=8)
@@ -363,6 +389,18 @@ def plot(path: str, records: list[dict[str, Any]], floor: dict[str, Any],
     ax2.set_title("Latency")
     ax2.grid(True, axis="x", which="both", alpha=0.3)
     ax2.legend(fontsize=8)
+    if wk:
+        ax3 = axes[2]
+        ax3.barh(range(len(wk)), [r["median"] / 1e3 for r in wk], label="median")
+        ax3.plot([r["p99"] / 1e3 for r in wk], range(len(wk)), "k|", markersize=12,
+                 label="p99")
+        ax3.set_yticks(range(len(wk)))
+        ax3.set_yticklabels([r["transport"] for r in wk])
+        ax3.invert_yaxis()
+        ax3.set_xlabel("wake latency, µs (commit to the consumer's code running)")
+        ax3.set_title(f"Await-wake, 1 frame per {wk[0]['interval_s'] * 1e3:g} ms")
+        ax3.grid(True, axis="x", alpha=0.3)
+        ax3.legend(fontsize=8)
     fig.suptitle(f"shmarray bench: {mach['cpu']}, {mach['usable_cores']} cores, "
                  f"{mach['kernel']}, {mach['python']}", fontsize=10)
     fig.tight_layout()

@@ -426,7 +426,7 @@ class Plan:
     sizes: list[str] | None = None  # overrides every workload's sizes
     only: list[str] = field(default_factory=list)
     transports: list[type[T.Transport]] = field(default_factory=lambda: list(T.ALL))
-    workloads: tuple[str, ...] = ("latency", "throughput", "fanout")
+    workloads: tuple[str, ...] = ("latency", "throughput", "fanout", "wake")
     #: per-measurement timeout in seconds (default: from the duration)
     timeout: float | None = None
 
