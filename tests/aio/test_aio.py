@@ -329,18 +329,23 @@ def test_a_blocking_call_is_not_reachable_through_the_twin(name: str) -> None:
         ach.close()
 
 
+# a process whose asyncio consumer waits on channel {name} (after running {create})
+_WAITER = """
+import asyncio, shmarray, shmarray.aio
+{create}
+async def main():
+    ach = shmarray.aio.Channel.open({name!r})
+    t = asyncio.ensure_future(ach.recv(timeout=60))
+    await asyncio.sleep(0.2)
+    print("waiting", flush=True)
+    await t
+asyncio.run(main())
+"""
+
+
 def test_a_killed_waiters_doorbell_is_removed_by_clean(name: str) -> None:
     ch = shmarray.Channel.create(name, slot_bytes=128, capacity=2)
-    waiter = start_py(f"""
-        import asyncio, shmarray, shmarray.aio
-        async def main():
-            ach = shmarray.aio.Channel.open({name!r})
-            t = asyncio.ensure_future(ach.recv(timeout=60))
-            await asyncio.sleep(0.2)
-            print("waiting", flush=True)
-            await t
-        asyncio.run(main())
-    """)
+    waiter = start_py(_WAITER.format(name=name, create=""))
     try:
         assert waiter.stdout is not None and waiter.stdout.readline().strip() == "waiting"
         assert len(_doorbells(name)) == 1
@@ -355,17 +360,8 @@ def test_a_killed_waiters_doorbell_is_removed_by_clean(name: str) -> None:
     finally:
         stop(waiter)
     # SIGKILL of the owner too: `shmarray clean` removes the channel and its doorbells
-    owner = start_py(f"""
-        import asyncio, time, shmarray, shmarray.aio
-        ch = shmarray.Channel.create({name!r}, slot_bytes=128, capacity=2)
-        async def main():
-            ach = shmarray.aio.Channel.open({name!r})
-            t = asyncio.ensure_future(ach.recv(timeout=60))
-            await asyncio.sleep(0.2)
-            print("waiting", flush=True)
-            await t
-        asyncio.run(main())
-    """)
+    owner = start_py(_WAITER.format(
+        name=name, create=f"ch = shmarray.Channel.create({name!r}, slot_bytes=128, capacity=2)"))
     try:
         assert owner.stdout is not None and owner.stdout.readline().strip() == "waiting"
         owner.send_signal(signal.SIGKILL)

@@ -20,6 +20,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -64,13 +65,16 @@ else:
 
 def _producer(mode: str, target: str, n: int, interval: float,
               pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[str]:
+    # cwd: a neutral directory, so that `-c` imports the installed shmarray and never a
+    # source tree the caller stands in (which has no compiled parts)
     p = subprocess.Popen([sys.executable, "-c", _PRODUCER, mode, target, str(n), str(interval)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                         pass_fds=pass_fds)
+                         pass_fds=pass_fds, cwd=tempfile.gettempdir())
     assert p.stdout is not None
     if p.stdout.readline().strip() != "ready":
-        p.kill()
-        raise RuntimeError(f"wake benchmark: the {mode} producer did not start")
+        _finish(p)
+        raise RuntimeError(f"wake benchmark: the {mode} producer did not start (exit status "
+                           f"{p.returncode}; its error is on stderr)")
     return p
 
 
@@ -81,8 +85,11 @@ def _go(p: subprocess.Popen[str]) -> None:
 
 
 def _finish(p: subprocess.Popen[str]) -> None:
+    """Reap the producer (killing it after 30 s) and close its pipes."""
     try:
         p.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         if p.poll() is None:
             p.kill()
