@@ -103,7 +103,7 @@ static void subscriber_join(shm_chan_t *h, uint32_t pid, uint64_t start_time)
     uint64_t prov = h1 ? h1 - 1 : 0;
     atomic_store_explicit(&e->cursor, prov, RLX);
     atomic_store_explicit(&e->join_pos, prov, RLX);
-    chan_init_entry(e, SHM_CHAN_ROLE_CONSUMER, pid, start_time);
+    chan_init_entry(h, e, SHM_CHAN_ROLE_CONSUMER, pid, start_time);
     /* Counted in the producer's minimum before we read where to start. */
     atomic_store_explicit(&e->state, SHM_CHAN_JOINING, SC);
     atomic_fetch_add_explicit(&c->gen, 1, SC);
@@ -128,7 +128,7 @@ int bcast_register(shm_chan_t *h, uint32_t index, uint32_t role, uint32_t pid, u
         return SHM_CHAN_OK;
     }
     producer_resume(h);
-    chan_init_entry(h->me, role, pid, start);
+    chan_init_entry(h, h->me, role, pid, start);
     atomic_store_explicit(&h->me->state, SHM_CHAN_ACTIVE, SC);
     atomic_thread_fence(SC);
     h->gen_seen = atomic_load_explicit(&h->ctrl->gen, ACQ);
@@ -158,13 +158,17 @@ int bcast_recover(shm_chan_t *h, uint32_t index)
         if (st != SHM_CHAN_ACTIVE)
             return 0;
         /* DEAD: subscribers drain what it committed, then report its death */
-        return atomic_compare_exchange_strong_explicit(&e->state, &st, SHM_CHAN_DEAD, SC, RLX);
+        if (!atomic_compare_exchange_strong_explicit(&e->state, &st, SHM_CHAN_DEAD, SC, RLX))
+            return 0;
+        chan_clear_doorbells(h, e); /* nobody reads its FIFO any more */
+        return 1;
     }
     if (st != SHM_CHAN_JOINING && st != SHM_CHAN_ACTIVE)
         return 0;
     if (!atomic_compare_exchange_strong_explicit(&e->state, &st, SHM_CHAN_FREE, SC, RLX))
         return 0;
     /* evicted: it stops gating the producer and its holds are void */
+    chan_clear_doorbells(h, e);
     atomic_fetch_add_explicit(&h->ctrl->evicted, 1, RLX);
     chan_wake(h, SHM_CHAN_WAIT_SPACE, 0);
     return 1;

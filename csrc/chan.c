@@ -27,6 +27,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -445,13 +447,36 @@ static int disarm_doorbell_(shm_chan_t *h, uint32_t which)
     return dec_positive(&h->ctrl->doorbells);
 }
 
+/* write(2) to a FIFO whose reader is gone raises SIGPIPE, which kills a
+ * process that did not ignore it (CPython does; C users and CLIs that restore
+ * SIG_DFL do not): block it around the write and take back a SIGPIPE the write
+ * left pending, so the caller sees EPIPE and nothing else.  The ring path runs
+ * only when a waiter is asleep, so the two extra system calls cost nothing to
+ * a stream that keeps up. */
+static ssize_t write_nosigpipe(int fd, const void *buf, size_t len)
+{
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    ssize_t n = write(fd, buf, len);
+    int err = errno;
+    if (n < 0 && err == EPIPE && !sigismember(&old, SIGPIPE)) {
+        static const struct timespec zero = {0, 0};
+        sigtimedwait(&pipe_set, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = err;
+    return n;
+}
+
 /* Writes one byte to participant i's doorbell FIFO, opening it on first use.
- * 1 if rung.  A FIFO with no reader (ENXIO on open, EPIPE on write) belongs
- * to a waiter that is gone: forget the descriptor and carry on. */
-static int ring_doorbell(shm_chan_t *h, uint32_t i)
+ * A FIFO with no reader (ENXIO on open, EPIPE on write) belongs to a waiter
+ * that is gone: forget the descriptor and carry on. */
+static void ring_doorbell(shm_chan_t *h, uint32_t i)
 {
     if (h->db_fds == NULL || i >= h->db_count)
-        return 0;
+        return;
     static const char one = 1;
     for (int attempt = 0; attempt < 2; attempt++) {
         int fd = h->db_fds[i];
@@ -460,34 +485,39 @@ static int ring_doorbell(shm_chan_t *h, uint32_t i)
             snprintf(path, sizeof path, "%s%u", h->db_prefix, i);
             fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
             if (fd < 0)
-                return 0;
+                return;
             h->db_fds[i] = fd;
         }
-        ssize_t n = write(fd, &one, 1);
+        ssize_t n = write_nosigpipe(fd, &one, 1);
         if (n == 1 || (n < 0 && errno == EAGAIN))
-            return 1; /* EAGAIN: the pipe is full of rings already */
+            return; /* EAGAIN: the pipe is full of rings already */
         close(fd);
         h->db_fds[i] = -1; /* EPIPE: that waiter is gone; the path may be a new one's */
     }
-    return 0;
 }
 
-static void ring_doorbells(shm_chan_t *h, uint32_t which, uint32_t n)
+/* Rings every armed doorbell of direction `which`, whatever the number of
+ * sleepers the futex side wakes: a ring is only a hint to re-check, and an
+ * awaiting coroutine that was rung may no longer take the frame (it had one
+ * already, or was cancelled before it ran), so ringing one of several could
+ * strand the others until their slice ends.  The woken re-check; losers sleep
+ * again. */
+static void ring_doorbells(shm_chan_t *h, uint32_t which)
 {
-    uint32_t maxp = h->info.max_participants, bit = 1u << which, rung = 0;
-    uint32_t start = n == 1 ? h->db_next % maxp : 0;
-    for (uint32_t k = 0; k < maxp; k++) {
-        uint32_t i = (start + k) % maxp;
+    uint32_t maxp = h->info.max_participants, bit = 1u << which;
+    for (uint32_t i = 0; i < maxp; i++) {
         if (h->me != NULL && i == h->index)
             continue;
-        if (!(atomic_load_explicit(&h->parts[i].doorbell, RLX) & bit))
-            continue;
-        rung += (uint32_t)ring_doorbell(h, i);
-        if (n != 0 && rung >= n) {
-            h->db_next = i + 1;
-            break;
-        }
+        if (atomic_load_explicit(&h->parts[i].doorbell, RLX) & bit)
+            ring_doorbell(h, i);
     }
+}
+
+void chan_clear_doorbells(shm_chan_t *h, shm_chan_part *e)
+{
+    uint32_t bits = atomic_exchange_explicit(&e->doorbell, 0, SC);
+    for (; bits != 0; bits &= bits - 1)
+        dec_positive(&h->ctrl->doorbells);
 }
 
 void chan_wake(shm_chan_t *h, uint32_t which, uint32_t n)
@@ -499,7 +529,7 @@ void chan_wake(shm_chan_t *h, uint32_t which, uint32_t n)
                 NULL, NULL, 0);
     }
     if (atomic_load_explicit(&h->ctrl->doorbells, RLX) != 0)
-        ring_doorbells(h, which, n);
+        ring_doorbells(h, which);
 }
 
 /* ------------------------------------------------------- end of stream */
@@ -542,11 +572,12 @@ int chan_end_stream(shm_chan_t *h)
 
 /* ------------------------------------------------------------ participants */
 
-void chan_init_entry(shm_chan_part *e, uint32_t role, uint32_t pid, uint64_t start)
+void chan_init_entry(shm_chan_t *h, shm_chan_part *e, uint32_t role, uint32_t pid,
+                     uint64_t start)
 {
     atomic_store_explicit(&e->role, role, RLX);
     atomic_store_explicit(&e->pid, pid, RLX);
-    atomic_store_explicit(&e->doorbell, 0, RLX);
+    chan_clear_doorbells(h, e); /* a dead predecessor's announcements */
     atomic_store_explicit(&e->start_time, start, RLX);
     atomic_store_explicit(&e->joined_ns, now_ns(), RLX);
     atomic_store_explicit(&e->pending_pos, NO_POS, RLX);

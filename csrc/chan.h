@@ -361,7 +361,7 @@ typedef struct shm_chan_handle {
     uint64_t gen;        /* registration generation (bumped by register and unregister) */
     uint32_t armed[2];   /* epoch snapshots taken by arm() */
     uint32_t db_armed;   /* doorbell bits this handle set in its entry */
-    uint32_t db_next;    /* round robin start for work-queue doorbells */
+    uint32_t db_pad;
     /* producer */
     uint32_t claimed;    /* a claim is outstanding */
     uint32_t claim_slot;

@@ -155,8 +155,8 @@ static inline void held_clear(shm_chan_t *h, uint64_t p)
 /* ---------------------------------------------------------------- waking */
 
 /* The poster's half of the eventcount, after its store-release: wake up to
- * `n` sleepers of `which` (0: all) and ring the doorbells of announced fd
- * waiters (all of them, or one when n == 1). */
+ * `n` sleepers of `which` (0: all) and ring the doorbell of every announced fd
+ * waiter of `which`. */
 void chan_wake(shm_chan_t *h, uint32_t which, uint32_t n);
 
 /* ------------------------------------------------------------------- meta */
@@ -178,7 +178,12 @@ static inline void count_frame(shm_chan_t *h, uint64_t nbytes)
 }
 /* Writes a registering participant's identity into entry e (relaxed: its
  * state store, seq_cst, publishes them). */
-void chan_init_entry(shm_chan_part *e, uint32_t role, uint32_t pid, uint64_t start);
+void chan_init_entry(shm_chan_t *h, shm_chan_part *e, uint32_t role, uint32_t pid,
+                     uint64_t start);
+/* Withdraws every doorbell announcement of entry `e` (a dead participant's, or
+ * one being reused): its bits, and their share of the channel's count, so that
+ * posters stop trying to ring a FIFO nobody reads. */
+void chan_clear_doorbells(shm_chan_t *h, shm_chan_part *e);
 /* Poisons a released slot's payload (debug mode). */
 void chan_poison(const shm_chan_t *h, uint64_t slot);
 

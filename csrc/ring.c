@@ -77,7 +77,7 @@ int ring_register(shm_chan_t *h, uint32_t index, uint32_t role, uint32_t pid, ui
         pos = role == SHM_CHAN_ROLE_PRODUCER ? one_to_one_producer_start(h)
                                              : atomic_load_explicit(&h->ctrl->dequeue_pos, ACQ);
     }
-    chan_init_entry(h->me, role, pid, start);
+    chan_init_entry(h, h->me, role, pid, start);
     atomic_store_explicit(&h->me->state, SHM_CHAN_ACTIVE, SC);
     h->pos = pos;
     return SHM_CHAN_OK;
@@ -225,6 +225,8 @@ int ring_recover(shm_chan_t *h, uint32_t index, uint64_t *dropped)
         atomic_store_explicit(&e->pending_pos, NO_POS, RLX);
         changed = atomic_compare_exchange_strong_explicit(&e->state, &expect, SHM_CHAN_DEAD, SC,
                                                           RLX);
+        if (changed)
+            chan_clear_doorbells(h, e); /* nobody reads its FIFO any more */
     }
     if (o2o) {
         clear_owner(h, SHM_CHAN_ROLE_PRODUCER, index);

@@ -92,3 +92,18 @@ def nobody_user() -> str | None:
                            env={**os.environ,
                                 "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
     return "nobody" if probe.returncode == 0 else None
+
+
+def run_async(coro: Callable[[], Any], limit: float = 60) -> Any:
+    """Run ``coro()`` in a fresh event loop, bounded in time (asyncio.TimeoutError past it)."""
+    import asyncio
+
+    async def bounded() -> Any:
+        return await asyncio.wait_for(coro(), limit)
+    return asyncio.run(bounded())
+
+
+def doorbells(name: str) -> list[str]:
+    """The asyncio doorbell FIFOs of channel ``name`` in /dev/shm."""
+    return [f for f in os.listdir("/dev/shm")
+            if f.startswith(f"shmarray.{name}.") and ".db" in f]

@@ -149,8 +149,8 @@ def _orphan_semaphores(live: dict[str, Entry]) -> list[Entry]:
 
 
 def _orphan_doorbells(live: dict[str, Entry]) -> list[Entry]:
-    """Doorbell FIFOs whose channel incarnation is gone (their waiter was killed and the
-    channel unlinked by a process that could not see them, or recreated since)."""
+    """Doorbell FIFOs whose channel incarnation is gone and that nobody reads (their waiter
+    was killed, and the channel unlinked or re-created since)."""
     out = []
     for fn in sorted(os.listdir(_names.SHM_DIR)):
         owner = _names.doorbell_owner(fn)
@@ -161,6 +161,8 @@ def _orphan_doorbells(live: dict[str, Entry]) -> list[Entry]:
         if e is not None and (_names.sub_object(name, nonce, "ctl") in e.objects
                               or not e.ready):
             continue
+        if not _segment.abandoned_fifo(os.path.join(_names.SHM_DIR, fn)):
+            continue  # a live waiter's (of a channel unlinked since, or just re-created)
         out.append(Entry(os.path.join(_names.SHM_DIR, fn), "doorbell", 0, alive=False,
                          problem="orphan: its channel is gone"))
     return out
@@ -229,8 +231,12 @@ def clean(names: list[str] | None = None, *, force: bool = False, dry_run: bool 
             if not dry_run:
                 try:
                     os.unlink(o.name)
-                except OSError:
-                    pass
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    report(f"{o.name}: cannot remove: {exc.strerror}")
+                    problems += 1
+                    continue
             report(f"{'would remove' if dry_run else 'removed'} orphaned doorbell {o.name}")
             continue
         if not dry_run:

@@ -567,7 +567,9 @@ def unlink_objects(objects: list[str]) -> None:
 
 
 def unlink_doorbells(prefix: str) -> None:
-    """Remove the doorbell FIFOs ``<prefix><index>`` (shmarray.aio) left by waiters."""
+    """Remove the doorbell FIFOs ``<prefix><index>`` (shmarray.aio) that killed waiters left;
+    a live waiter's stays (it may still be rung by processes that have the channel open, and
+    removes its own when it closes)."""
     head, _, stem = prefix.rpartition("/")
     try:
         files = os.listdir(head)
@@ -575,10 +577,25 @@ def unlink_doorbells(prefix: str) -> None:
         return
     for fn in files:
         if fn.startswith(stem) and fn[len(stem):].isdigit():
-            try:
-                os.unlink(os.path.join(head, fn))
-            except OSError:
-                pass
+            path = os.path.join(head, fn)
+            if abandoned_fifo(path):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def abandoned_fifo(path: str) -> bool:
+    """True when ``path`` is a FIFO that nobody reads (its waiter is gone): opening it for
+    writing without blocking fails with ENXIO exactly then. Never writes to it."""
+    try:
+        if not stat.S_ISFIFO(os.lstat(path).st_mode):
+            return False
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        return exc.errno == errno.ENXIO
+    os.close(fd)
+    return False
 
 
 def unlink(name: str, nonce: int | None = None) -> None:

@@ -10,6 +10,7 @@ first awaited in.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any, AsyncIterator, Callable, TypeVar
 
 import numpy as np
@@ -18,6 +19,7 @@ from .. import channel as _channel
 from .._os.native import lib
 from ..channel.lease import Loan
 from ..errors import StreamEnded, WaitTimeoutError, WouldBlockError
+from .._os.segment import Deadline
 from .._os.wait import SLICE
 from .doorbell import Doorbell, await_op, readable
 
@@ -28,32 +30,36 @@ _DATA = lib.SHM_CHAN_WAIT_DATA
 _SPACE = lib.SHM_CHAN_WAIT_SPACE
 #: what the twin forwards to the sync channel as is: attributes and calls that never wait
 _FORWARDED = frozenset({"name", "mode", "policy", "capacity", "slot_bytes", "max_subscribers",
-                        "end", "unlink", "count_dropped", "closed"})
+                        "end", "unlink", "count_dropped"})
 
 
 class _Awaiter:
-    """The doorbell of one sync handle, made on the first await that has to sleep."""
+    """The doorbell of one sync handle, made on the first await that has to sleep, and
+    closed with its twin: by close(), or when the twin is collected (the loop's reader keeps
+    the Doorbell itself alive, so it must not outlive the registration it rings for)."""
 
-    __slots__ = ("_bell", "_handle", "_loop")
+    __slots__ = ("_bell", "_handle", "_loop", "_final", "__weakref__")
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle
         self._bell: Doorbell | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._final: Any = None  # weakref.finalize
 
     def bell(self) -> Doorbell:
         loop = asyncio.get_running_loop()
         if self._bell is None:
             self._bell = Doorbell(self._handle, loop)
             self._loop = loop
+            self._final = weakref.finalize(self, self._bell.close)
         elif loop is not self._loop:
             raise RuntimeError(f"{self._handle.what}: an asyncio handle belongs to the event "
                                "loop it was first awaited in; open another handle for this one")
         return self._bell
 
     def close(self) -> None:
-        if self._bell is not None:
-            self._bell.close()
+        if self._final is not None:
+            self._final()
 
 
 class _Receiving:
@@ -198,6 +204,7 @@ class Channel(_Receiving):
         # the ring modes receive on the same handle; broadcast receives through subscribers
         self._rx = self._tx
         self._control: ControlQueue | None = None
+        self._subscribers: weakref.WeakSet[Subscriber] = weakref.WeakSet()
 
     @classmethod
     def create(cls, *args: Any, **kwargs: Any) -> Channel:
@@ -215,12 +222,13 @@ class Channel(_Receiving):
     def __getattr__(self, name: str) -> Any:
         # the sync channel's attributes and calls that never wait; a waiting call forwarded
         # here would block the loop, so the others are not reachable through the twin
-        if name in _FORWARDED:
-            return getattr(self._sync, name)
+        sync = self.__dict__.get("_sync")  # (absent while copying or unpickling)
+        if sync is not None and name in _FORWARDED:
+            return getattr(sync, name)
         raise AttributeError(f"shmarray.aio.Channel has no attribute {name!r}"
                              + (" (it would block the event loop: use the sync "
-                                "shmarray.Channel in a thread)" if hasattr(self._sync, name)
-                                else ""))
+                                "shmarray.Channel in a thread)"
+                                if sync is not None and hasattr(sync, name) else ""))
 
     async def _await_space(self, attempt: Callable[[], T], timeout: float | None) -> T:
         s = self._sync
@@ -239,8 +247,11 @@ class Channel(_Receiving):
         return AsyncLoan(self, (shape, dtype, timeout, tag))
 
     def subscribe(self, *, spin_us: float | None = None) -> Subscriber:
-        """Join a broadcast channel as a new subscriber, awaited from asyncio."""
-        return Subscriber(self._sync.subscribe(spin_us=spin_us))
+        """Join a broadcast channel as a new subscriber, awaited from asyncio (closed with
+        the channel, as the sync subscribers are)."""
+        sub = Subscriber(self._sync.subscribe(spin_us=spin_us))
+        self._subscribers.add(sub)
+        return sub
 
     @property
     def control(self) -> ControlQueue:
@@ -249,16 +260,22 @@ class Channel(_Receiving):
             self._control = ControlQueue(self._sync.control)
         return self._control
 
-    def close(self) -> None:
-        """Close this handle (idempotent; as the sync close), and its doorbell."""
+    def _close_doorbells(self) -> None:
+        for sub in list(self._subscribers):
+            sub._rx.close()
         self._tx.close()
+
+    def close(self) -> None:
+        """Close this handle (idempotent; as the sync close), its subscribers and doorbells.
+        An await parked on them is woken and raises ClosedError."""
+        self._close_doorbells()
         self._sync.close()
 
     def __enter__(self) -> Channel:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        self._tx.close()
+        self._close_doorbells()
         self._sync.__exit__(exc_type, *exc)
 
     async def __aenter__(self) -> Channel:
@@ -292,6 +309,7 @@ class ControlQueue:
                                  ) -> tuple[dict[str, Any], int]:
         """As recv, also returning the priority."""
         s = self._sync
+        Deadline(timeout)  # the sync call's check: ValueError for a negative timeout
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
         while True:

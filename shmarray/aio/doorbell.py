@@ -38,7 +38,7 @@ class Doorbell:
     """The FIFO one participant (a C handle) of a channel sleeps on, read by one loop."""
 
     __slots__ = ("handle", "loop", "path", "fd", "waiter", "buf", "deferred", "tick",
-                 "tick_when")
+                 "tick_when", "busy")
 
     def __init__(self, handle: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.handle = handle
@@ -51,7 +51,9 @@ class Doorbell:
         except FileExistsError:  # left by a killed waiter that had our index: ours now
             os.unlink(self.path)
             os.mkfifo(self.path, 0o600)
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # read-write: we hold a write end ourselves, so the FIFO never reads as end of file
+        # (nor polls as hung up) when a poster that rang it goes away
+        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self.waiter: asyncio.Future[bool] | None = None
         self.buf = bytearray(256)
         #: direction -> the pending call of a deferred disarm (see disarm_soon)
@@ -59,16 +61,19 @@ class Doorbell:
         #: the slice timer (see sleep_until) and when it fires (loop.time())
         self.tick: asyncio.TimerHandle | None = None
         self.tick_when = 0.0
+        #: an await is in progress on this handle (one at a time: see await_op)
+        self.busy = False
         loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
         # one read drains it, into a buffer of our own (no allocation): an armed waiter is
         # rung about once per post, and a FIFO left with bytes calls back again
         try:
-            os.readv(self.fd, [self.buf])
+            rung = os.readv(self.fd, [self.buf]) > 0
         except BlockingIOError:
-            pass
-        _settle(self.waiter, True)
+            rung = False
+        if rung:
+            _settle(self.waiter, True)
 
     def sleep_until(self, when: float) -> asyncio.Future[bool]:
         """A future resolved True when rung, False at the latest at ``when`` (loop.time()).
@@ -116,7 +121,9 @@ class Doorbell:
             lib.shm_chan_disarm_doorbell(self.handle.h, which)
 
     def close(self) -> None:
-        """Withdraw, stop reading, close and unlink the FIFO (idempotent)."""
+        """Withdraw, stop reading, close and unlink the FIFO (idempotent). An await parked on
+        it is woken: it tries again and meets the closed handle (ClosedError)."""
+        _settle(self.waiter, True)
         for which in list(self.deferred):
             self.disarm(which)
         if self.tick is not None:
@@ -168,35 +175,44 @@ async def await_op(attempt: Callable[[], T], bell: Callable[[], Doorbell], which
             raise
     deadline = Deadline(timeout)
     door = bell()
+    if door.busy:
+        raise RuntimeError(
+            f"{door.handle.what}: another task is already awaiting this handle; a handle is "
+            "awaited by one task at a time (as a sync handle is used by one thread): open "
+            "another handle for each concurrent task")
+    door.busy = True
     loop = door.loop
-    while True:
-        door.arm(which)
-        try:
+    try:
+        while True:
+            door.arm(which)
             try:
-                got = attempt()  # the re-check after arming: no ring can be missed
-            except WouldBlockError:
-                pass
-            else:
+                try:
+                    got = attempt()  # the re-check after arming: no ring can be missed
+                except WouldBlockError:
+                    pass
+                else:
+                    door.disarm(which)
+                    return got
+                step = deadline.slice(SLICE)
+                if step <= 0:
+                    raise on_timeout(False)
+                # sleep until rung (True) or the slice passes (False), awaited here rather
+                # than in a coroutine of its own: one frame less to resume on the wake path
+                try:
+                    woken = await door.sleep_until(loop.time() + step)
+                finally:
+                    door.waiter = None
+                gone = None if woken else between()
+                try:
+                    got = attempt()  # rung: the frame (or the slot) is there, as a rule
+                except WouldBlockError:
+                    if gone is not None:
+                        raise gone from None
+                    continue  # still armed: sleep again
+            except BaseException:  # a timeout, a peer's death, a cancellation: nothing armed
                 door.disarm(which)
-                return got
-            step = deadline.slice(SLICE)
-            if step <= 0:
-                raise on_timeout(False)
-            # sleep until rung (True) or the slice passes (False), awaited here rather than
-            # in a coroutine of its own: one frame less to resume on the wake path
-            try:
-                woken = await door.sleep_until(loop.time() + step)
-            finally:
-                door.waiter = None
-            gone = None if woken else between()
-            try:
-                got = attempt()  # rung: the frame (or the slot) is there, as a rule
-            except WouldBlockError:
-                if gone is not None:
-                    raise gone from None
-                continue  # still armed: sleep again
-        except BaseException:  # a timeout, a peer's death, a cancellation: nothing left armed
-            door.disarm(which)
-            raise
-        door.disarm_soon(which)  # the wake path returns its result first
-        return got
+                raise
+            door.disarm_soon(which)  # the wake path returns its result first
+            return got
+    finally:
+        door.busy = False

@@ -193,7 +193,11 @@ class Sender(BridgeEnd):
                 continue
             except LimitError:
                 # the oldest frame in flight is a full lap old (a ring never lets a consumer
-                # read past a slot it still holds): wait for libzmq to finish writing it
+                # read past a slot it still holds): wait for libzmq to finish writing it. A
+                # LimitError before any frame came is a refusal to register (another live
+                # consumer, a full participant table): that one is reported, not waited out
+                if not (pending or self.frames or self.dropped):
+                    raise
                 if pending:
                     try:
                         pending[0][1].wait(SLICE)

@@ -32,7 +32,7 @@ def _rows(h: Any, maxp: int, probe_fd: int, mine: int = -1) -> list[dict[str, An
         row = {"index": i, "role": ROLE_NAMES.get(int(p.role), "?"), "pid": int(p.pid),
                "state": STATE_NAMES.get(state, "?"), "alive": bool(alive),
                "frames": int(p.frames), "bytes": int(p.bytes), "waits": int(p.waits),
-               "self": i == mine}
+               "joined_ns": int(p.joined_ns), "self": i == mine}
         if int(p.role) == lib.SHM_CHAN_ROLE_CONSUMER:
             row["dropped"] = int(p.dropped)
             row["lost"] = int(p.lost)

@@ -57,10 +57,13 @@ def rates(prev: dict[str, dict[str, Any]], cur: dict[str, dict[str, Any]]
         p = prev.get(name)
         same = p is not None and p["nonce"] == c["nonce"]
         dt = c["t"] - p["t"] if same and p is not None else 0.0
-        ppeers = {(r["index"], r["pid"]): r for r in p["peers"]} if same and p else {}
+        # one registration: the entry, its pid and when it joined (a process that closes and
+        # opens again re-takes its entry with counters from zero)
+        ppeers = ({(r["index"], r["pid"], r["joined_ns"]): r for r in p["peers"]}
+                  if same and p else {})
         peers = []
         for r in c["peers"]:
-            q = ppeers.get((r["index"], r["pid"]))
+            q = ppeers.get((r["index"], r["pid"], r["joined_ns"]))
             row = dict(r)
             if q is not None and dt > 0:
                 row["frames_per_s"] = (r["frames"] - q["frames"]) / dt
@@ -70,6 +73,8 @@ def rates(prev: dict[str, dict[str, Any]], cur: dict[str, dict[str, Any]]
                 row["frames_per_s"] = row["mb_per_s"] = row["waits_per_s"] = None
             peers.append(row)
         produced = [x for x in peers if x["role"] == "producer" and x["mb_per_s"] is not None]
+        # (a producer new since the last sample has no rate yet: the channel's MB/s counts
+        # the others)
         ch = {k: v for k, v in c.items() if k not in ("peers", "t")}
         ch["peers"] = peers
         ch["frames_per_s"] = ((c["committed"] - p["committed"]) / dt

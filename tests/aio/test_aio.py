@@ -8,26 +8,16 @@ import os
 import random
 import signal
 import subprocess
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
 import shmarray
 import shmarray.aio
+from helpers import doorbells as _doorbells
+from helpers import run_async as _run
 from helpers import run_py, start_py, stop, wait_for
-
-
-def _run(coro: Callable[[], Awaitable[Any]], limit: float = 60) -> Any:
-    """Run ``coro()`` in a fresh loop, bounded in time."""
-    async def bounded() -> Any:
-        return await asyncio.wait_for(coro(), limit)
-    return asyncio.run(bounded())
-
-
-def _doorbells(name: str) -> list[str]:
-    return [f for f in os.listdir("/dev/shm") if f.startswith(f"shmarray.{name}.")
-            and ".db" in f]
 
 
 def _producer(name: str, n: int, pause_every: int = 0, end: bool = True) -> subprocess.Popen[str]:

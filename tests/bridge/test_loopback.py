@@ -427,3 +427,21 @@ def test_add_parser_plugs_into_a_command_line() -> None:
         ("recv", "cam0", "tcp://*:5555", "broadcast", 6 << 20)
     args = parser.parse_args(["bridge", "send", "cam0", "tcp://host:5555", "--policy", "drop"])
     assert (args.bridge_command, args.policy) == ("send", "drop") and callable(args.func)
+
+
+def test_a_sender_refused_as_consumer_says_so(name: str) -> None:
+    # a one-to-one channel whose consumer role is taken: the sender cannot register, and
+    # run() reports it (LimitError) instead of retrying forever
+    with shmarray.Channel.create(name, slot_bytes=64, capacity=8) as ch:
+        other = shmarray.Channel.open(name)
+        assert other.try_recv() is None  # holds the consumer role
+        s = Sender(name, "tcp://127.0.0.1:9", open_timeout=5)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(shmarray.LimitError, match="already has a live consumer"):
+                s.run()
+            assert time.monotonic() - t0 < 5
+        finally:
+            s.close()
+            other.close()
+        assert ch.stats()["committed"] == 0

@@ -114,3 +114,26 @@ def test_the_rich_screen_renders_the_same_rows(name: str) -> None:
         console.print(top._render_rich(rows, 1.0))
         text = console.export_text()
         assert name in text and "producer #" in text and "q quits" in text
+
+
+def test_a_participant_that_opens_again_never_shows_a_negative_rate(name: str) -> None:
+    from shmarray.cli import top
+
+    with shmarray.Channel.create(name, slot_bytes=64, capacity=256):
+        rx = shmarray.Channel.open(name)
+        p = shmarray.Channel.open(name)
+        for _ in range(100):
+            p.send(b"x" * 8)
+        before = top.sample()
+        p.close()
+        p = shmarray.Channel.open(name)  # the same entry again, its counters from zero
+        for _ in range(3):
+            p.send(b"x" * 8)
+        rows = top.rates(before, top.sample())
+        c = next(c for c in rows if c["name"] == name)
+        for peer in c["peers"]:
+            assert peer["frames_per_s"] is None or peer["frames_per_s"] >= 0, peer
+            assert peer["mb_per_s"] is None or peer["mb_per_s"] >= 0, peer
+        assert c["mb_per_s"] is None or c["mb_per_s"] >= 0
+        p.close()
+        rx.close()

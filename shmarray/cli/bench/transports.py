@@ -21,7 +21,8 @@ The methodology is the same for every transport:
   and the last byte of each frame and the consumer checks both, so every frame is read (its
   first and last cache line) and a reordered or torn frame is counted;
 - latency: ping-pong, one round trip timed with ``perf_counter_ns`` in the pinging process;
-  the echo answers each frame with a frame of the same size stamped with the value it read;
+  the echo answers each frame with a frame of the same size stamped with the value it read
+  (a torn frame is answered with another value, which the ping counts);
 - throughput: the producer streams frames for ``duration`` seconds (bounded in count too)
   then ends the stream; the consumer timestamps every ``batch``-th receipt.
 Every loop is bounded in time or count; a child also exits when its parent dies.
@@ -204,10 +205,14 @@ class Transport:
     def echo(self, ep: Any, item: Any) -> dict[str, Any]:
         self.start(ep, "echo")
         send, take = self.sender(ep, item), self.receiver(ep, item)
+        last = item.nbytes - 1
         n = 0
         while (got := take()) is not None:
             a, release = got
-            send(n, a.item(0))
+            v = a.item(0)
+            # a frame torn between its first and last byte answers with a stamp the ping
+            # counts as bad
+            send(n, v if a.item(last) == v else (v + 128) & 255)
             if release is not None:
                 release()
             n += 1
