@@ -3,14 +3,19 @@
 The eventcount of the sync path (shmarray/_os/wait.py) with an fd in place of the futex: the
 waiter *arms its doorbell* in the channel (a bit in its participant entry and a count in the
 control block, seq_cst, in C), re-checks, and awaits its FIFO becoming readable; a poster,
-after the fence it makes anyway, writes one byte to the FIFO of each armed waiter (one, in a
-work queue) -- only when the count is non-zero, so a stream that keeps up still makes no system
-call. The FIFO is ``/dev/shm/shmarray.<name>.<nonce>.db<participant index>`` (0600), made by
-the waiter and unlinked when its handle closes; `shmarray clean` removes those a SIGKILL left.
+after the fence it makes anyway, writes one byte to the FIFO of every armed waiter of that
+direction -- only when the count is non-zero, so a stream that keeps up still makes no system
+call. (Every one, not one of several: a rung coroutine may not take the frame, having one
+already or being cancelled before it runs, and a ring it absorbed would strand the others.)
+
+The FIFO is ``/dev/shm/shmarray.<name>.<nonce>.db<participant index>`` (0600), made by the
+waiter, opened read-write (so it never reads as end-of-file when a poster goes away) and
+unlinked when its handle closes; one a SIGKILL left goes with its channel or `shmarray clean`.
 One long-lived reader callback per FIFO drains it and wakes the current await (pyzmq's
 ``zmq.asyncio`` pattern). Research behind the choice (2 vCPUs): a FIFO doorbell woke an
 awaiting coroutine in 23-24 us median, an eventfd passed by SCM_RIGHTS in 21-23 us, a POSIX
-message queue descriptor in 27-43 us, ``run_in_executor`` in 63-66 us.
+message queue descriptor in 27-43 us, ``run_in_executor`` in 63-66 us (benchmarks/bench_aio.py
+measures it in one run against a bare eventfd).
 
 Every await sleeps in slices of at most 100 ms against its deadline, and probes the peers'
 liveness between slices, exactly as the sync waits do; a cancelled await disarms on the way
