@@ -107,3 +107,18 @@ def doorbells(name: str) -> list[str]:
     """The asyncio doorbell FIFOs of channel ``name`` in /dev/shm."""
     return [f for f in os.listdir("/dev/shm")
             if f.startswith(f"shmarray.{name}.") and ".db" in f]
+
+
+#: a process whose asyncio consumer parks on channel {name} (after running {create}) and
+#: prints "waiting"
+ASYNC_WAITER = """
+import asyncio, shmarray, shmarray.aio
+{create}
+async def main():
+    ach = shmarray.aio.Channel.open({name!r})
+    t = asyncio.ensure_future(ach.recv(timeout=60))
+    await asyncio.sleep(0.2)
+    print("waiting", flush=True)
+    await t
+asyncio.run(main())
+"""

@@ -720,21 +720,9 @@ class Pool(Executor):
             fs = [self.submit(call_chunk, fn, tuple(items[i:i + chunksize]))
                   for i in range(0, len(items), chunksize)]
         del items
-        return self._in_order(fs, end_time, chunksize > 1)
-
-    def _in_order(self, fs: list[Future[Any]], end_time: float | None,
-                  chunks: bool) -> Iterator[Any]:
-        try:
-            fs.reverse()
-            while fs:
-                value = window.wait(fs.pop(), end_time, self._check_alive)
-                if chunks:
-                    yield from value
-                else:
-                    yield value
-        finally:
-            for f in fs:
-                f.cancel()
+        # every call is submitted already: the window's ordered results, with nothing to add
+        return window.results(fs, iter(()), self.submit, chunksize > 1, True, end_time,
+                              self._check_alive)
 
     def imap(self, fn: Callable[..., Any], iterable: Iterable[Any],
              chunksize: int = 1) -> Iterator[Any]:

@@ -47,10 +47,7 @@ def ordered(pending: deque[Future[Any]], rest: Iterator[Any],
             del nxt
             value = wait(fut)
             del fut
-            if chunks:
-                yield from value
-            else:
-                yield value
+            yield from value if chunks else (value,)
             del value
     finally:
         for f in pending:
@@ -84,10 +81,7 @@ def unordered(pending: list[Future[Any]], rest: Iterator[Any],
             del nxt
             value = fut.result()
             del fut
-            if chunks:
-                yield from value
-            else:
-                yield value
+            yield from value if chunks else (value,)
             del value
     finally:
         for f in outstanding:

@@ -17,7 +17,7 @@ import shmarray
 import shmarray.aio
 from helpers import doorbells as _doorbells
 from helpers import run_async as _run
-from helpers import run_py, start_py, stop, wait_for
+from helpers import ASYNC_WAITER, run_py, start_py, stop, wait_for
 
 
 def _producer(name: str, n: int, pause_every: int = 0, end: bool = True) -> subprocess.Popen[str]:
@@ -319,23 +319,9 @@ def test_a_blocking_call_is_not_reachable_through_the_twin(name: str) -> None:
         ach.close()
 
 
-# a process whose asyncio consumer waits on channel {name} (after running {create})
-_WAITER = """
-import asyncio, shmarray, shmarray.aio
-{create}
-async def main():
-    ach = shmarray.aio.Channel.open({name!r})
-    t = asyncio.ensure_future(ach.recv(timeout=60))
-    await asyncio.sleep(0.2)
-    print("waiting", flush=True)
-    await t
-asyncio.run(main())
-"""
-
-
 def test_a_killed_waiters_doorbell_is_removed_by_clean(name: str) -> None:
     ch = shmarray.Channel.create(name, slot_bytes=128, capacity=2)
-    waiter = start_py(_WAITER.format(name=name, create=""))
+    waiter = start_py(ASYNC_WAITER.format(name=name, create=""))
     try:
         assert waiter.stdout is not None and waiter.stdout.readline().strip() == "waiting"
         assert len(_doorbells(name)) == 1
@@ -350,7 +336,7 @@ def test_a_killed_waiters_doorbell_is_removed_by_clean(name: str) -> None:
     finally:
         stop(waiter)
     # SIGKILL of the owner too: `shmarray clean` removes the channel and its doorbells
-    owner = start_py(_WAITER.format(
+    owner = start_py(ASYNC_WAITER.format(
         name=name, create=f"ch = shmarray.Channel.create({name!r}, slot_bytes=128, capacity=2)"))
     try:
         assert owner.stdout is not None and owner.stdout.readline().strip() == "waiting"

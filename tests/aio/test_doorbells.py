@@ -20,7 +20,7 @@ import shmarray
 import shmarray.aio
 from helpers import doorbells as _doorbells
 from helpers import run_async as _run
-from helpers import CHILD_CWD, PY, start_py, stop
+from helpers import ASYNC_WAITER, CHILD_CWD, PY, start_py, stop
 
 LOST = 0.04  # s: a ring that was lost waits out the 100 ms slice; a ring arrives in < 1 ms
 
@@ -35,6 +35,22 @@ async def _latency(ach: Any, post: Any) -> float:
     with await ach.recv(timeout=5):
         got = time.monotonic()
     return got - await t
+
+
+def _poster(ch: Any) -> Any:
+    """post(): one frame into ``ch``."""
+    frame = np.zeros(8, np.uint8)
+    return lambda: ch.send(frame)
+
+
+async def _rung_consumer(name: str, post: Any) -> Any:
+    """A consumer twin of ``name`` that took the frame waiting for it and was then rung once
+    (so its doorbell FIFO exists)."""
+    a = shmarray.aio.Channel.open(name)
+    with a.try_recv():
+        pass
+    await _latency(a, post)
+    return a
 
 
 def test_two_tasks_awaiting_one_handle_is_refused(name: str) -> None:
@@ -138,16 +154,11 @@ def test_a_ring_is_never_absorbed_by_a_consumer_that_will_not_take_it(name: str,
 
 def test_a_dropped_twin_takes_its_doorbell_with_it(name: str) -> None:
     with shmarray.Channel.create(name, slot_bytes=64, capacity=8) as ch:
-        ch.send(np.zeros(8, np.uint8))
-
-        def post() -> None:
-            ch.send(np.zeros(8, np.uint8))
+        post = _poster(ch)
+        post()
 
         async def go() -> list[float]:
-            a = shmarray.aio.Channel.open(name)
-            with a.try_recv():
-                pass
-            await _latency(a, post)
+            a = await _rung_consumer(name, post)
             del a
             gc.collect()
             assert _doorbells(name) == []  # dropped without close(): its FIFO went too
@@ -161,8 +172,7 @@ def test_a_dropped_twin_takes_its_doorbell_with_it(name: str) -> None:
 def test_closing_a_broadcast_twin_closes_its_subscribers_doorbells(name: str) -> None:
     with shmarray.Channel.create(name, slot_bytes=64, capacity=8, mode="broadcast",
                                  max_subscribers=2) as ch:
-        def post() -> None:
-            ch.send(np.zeros(8, np.uint8))
+        post = _poster(ch)
 
         async def go() -> list[float]:
             a = shmarray.aio.Channel.open(name)
@@ -181,16 +191,11 @@ def test_closing_a_broadcast_twin_closes_its_subscribers_doorbells(name: str) ->
 def test_unlink_keeps_a_live_waiters_doorbell(name: str) -> None:
     ch = shmarray.Channel.create(name, slot_bytes=64, capacity=8)
     try:
-        ch.send(np.zeros(8, np.uint8))
-
-        def post() -> None:
-            ch.send(np.zeros(8, np.uint8))
+        post = _poster(ch)
+        post()
 
         async def go() -> list[float]:
-            a = shmarray.aio.Channel.open(name)
-            with a.try_recv():
-                pass
-            await _latency(a, post)  # its FIFO exists now
+            a = await _rung_consumer(name, post)  # its FIFO exists now
             ch.unlink()  # processes that have the channel open keep working
             assert len(_doorbells(name)) == 1
             lat = [await _latency(a, post) for _ in range(3)]
@@ -204,16 +209,7 @@ def test_unlink_keeps_a_live_waiters_doorbell(name: str) -> None:
 
 def test_a_waiter_killed_while_armed_is_withdrawn(name: str) -> None:
     with shmarray.Channel.create(name, slot_bytes=64, capacity=8) as ch:
-        waiter = start_py(f"""
-            import asyncio, shmarray.aio
-            async def main():
-                ach = shmarray.aio.Channel.open({name!r})
-                t = asyncio.ensure_future(ach.recv(timeout=60))
-                await asyncio.sleep(0.2)
-                print("waiting", flush=True)
-                await t
-            asyncio.run(main())
-        """)
+        waiter = start_py(ASYNC_WAITER.format(name=name, create=""))
         try:
             assert waiter.stdout is not None and waiter.stdout.readline().strip() == "waiting"
             assert int(ch._h.status().doorbells) == 1
@@ -250,10 +246,7 @@ def test_a_producer_with_the_default_sigpipe_survives_a_gone_waiter(name: str) -
                 prod.stdin.flush()
 
             async def go() -> None:
-                a = shmarray.aio.Channel.open(name)
-                with a.try_recv():
-                    pass
-                await _latency(a, post)  # the producer caches a descriptor of a's FIFO
+                a = await _rung_consumer(name, post)  # the producer caches a's FIFO's fd
                 a.close()
                 b = shmarray.aio.Channel.open(name)  # same entry, new FIFO: EPIPE on the old
                 await _latency(b, post)
