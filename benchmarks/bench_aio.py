@@ -2,14 +2,14 @@
 shmarray.aio and with the floor of an event-loop wake (shmarray/cli/bench/wake.py has the
 method; ``shmarray bench`` prints the same rows as its "Await-wake" table).
 
-    python benchmarks/bench_aio.py                  # 3 rounds, 3000 frames per method
-    python benchmarks/bench_aio.py --samples 600 --rounds 2 --json out.json
+    python benchmarks/bench_aio.py                  # 3000 frames per method, 12 s
+    python benchmarks/bench_aio.py --samples 600 --json out.json
 
 A producer process sends a 64-byte frame every --interval seconds (1 ms: the consumer is
 asleep when each frame comes); each figure is the consumer's CLOCK_MONOTONIC when its code
-runs minus the frame's commit timestamp. Methods take turns, round after round. The issue's
-target: shmarray.aio's median <= 25 us and <= 1.2x the bare eventfd's. Run on an idle machine;
-compare within one run.
+runs minus the frame's commit timestamp. The methods take turns frame by frame, so that they
+share every drift of the machine. The issue's target: shmarray.aio's median <= 25 us and
+<= 1.2x the bare eventfd's. Run on an idle machine; compare within one run.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ from shmarray.cli.bench.runner import fmt_ns
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=3000, help="frames per method, in all")
-    ap.add_argument("--rounds", type=int, default=3, help="turns each method takes")
     ap.add_argument("--interval", type=float, default=0.001, help="seconds between frames")
     ap.add_argument("--json", metavar="PATH", help="write the records as JSON")
     args = ap.parse_args()
-    recs = wake.measure(args.samples, args.interval, rounds=args.rounds)
+    recs = wake.measure(args.samples, args.interval)
     print(f"await-wake, 1 frame per {args.interval * 1e3:g} ms, {args.samples} frames per "
-          f"method in {args.rounds} rounds")
+          "method, the methods taking turns")
     print(f"{'consumer':18} {'median':>10} {'p99':>10} {'vs eventfd':>11}")
     for r in recs:
         if r["status"] != "ok":

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any, AsyncIterator, Callable, TypeVar
+from functools import partial
+from typing import Any, AsyncIterator, Callable, Coroutine, TypeVar
 
 import numpy as np
 
 from .. import channel as _channel
 from .._os.native import lib
 from ..channel.lease import Loan
+from ..channel.receiver import Receiver
 from ..errors import StreamEnded, WaitTimeoutError, WouldBlockError
 from .._os.segment import Deadline
 from .._os.wait import SLICE
-from .doorbell import Doorbell, await_op, readable
+from .doorbell import Awaiter, await_op, readable
 
 __all__ = ["Channel", "Subscriber", "ControlQueue", "AsyncLoan"]
 
@@ -33,56 +35,44 @@ _FORWARDED = frozenset({"name", "mode", "policy", "capacity", "slot_bytes", "max
                         "end", "unlink", "count_dropped"})
 
 
-class _Awaiter:
-    """The doorbell of one sync handle, made on the first await that has to sleep, and
-    closed with its twin: by close(), or when the twin is collected (the loop's reader keeps
-    the Doorbell itself alive, so it must not outlive the registration it rings for)."""
-
-    __slots__ = ("_bell", "_handle", "_loop", "_final", "__weakref__")
-
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-        self._bell: Doorbell | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._final: Any = None  # weakref.finalize
-
-    def bell(self) -> Doorbell:
-        loop = asyncio.get_running_loop()
-        if self._bell is None:
-            self._bell = Doorbell(self._handle, loop)
-            self._loop = loop
-            self._final = weakref.finalize(self, self._bell.close)
-        elif loop is not self._loop:
-            raise RuntimeError(f"{self._handle.what}: an asyncio handle belongs to the event "
-                               "loop it was first awaited in; open another handle for this one")
-        return self._bell
-
-    def close(self) -> None:
-        if self._final is not None:
-            self._final()
-
-
 class _Receiving:
     """The receiving calls both twins share, over ``self._sync`` (a ring Channel or a
     Subscriber) and its receive-side awaiter ``self._rx``."""
 
     _sync: Any
-    _rx: _Awaiter
+    _rx: Awaiter
+    #: the sync handle's zero-copy C step (Receiver._try_step), made on the first recv
+    _step: Callable[[], Any] | None = None
+
+    def _receiving(self, sync: Any, rx: Awaiter) -> None:
+        self._sync = sync
+        self._rx = rx
+        self._steps = isinstance(sync, Receiver)  # a broadcast channel's handle does not
+        self._failed = partial(sync._recv_error, op="recv") if self._steps else None
 
     async def _await_data(self, attempt: Callable[[], T], timeout: float | None) -> T:
         s = self._sync
-        return await await_op(attempt, self._rx.bell, _DATA, timeout, s._between_recv,
+        return await await_op(attempt, self._rx, _DATA, timeout, s._between_recv,
                               s._empty_error)
 
-    async def recv(self, timeout: float | None = None, *, copy: bool | None = None) -> Any:
+    def recv(self, timeout: float | None = None, *, copy: bool | None = None
+             ) -> Coroutine[Any, Any, Any]:
         """Await the next frame: a Frame, the same lease as the sync ``recv()`` (``with await
         ch.recv() as view:``; a view keeps its frame). Waits up to ``timeout`` seconds (None:
         forever; 0: WouldBlockError at once) without blocking the loop or using a thread.
         Raises as the sync recv: StreamEnded, PeerDiedError, WaitTimeoutError, LimitError,
         ClosedError."""
+        # a plain function returning the wait's coroutine (one frame less to resume on the
+        # wake path); the zero-copy try is the sync receive's own step, with nothing between
         s = self._sync
-        return await await_op(lambda: s.recv(timeout=0, copy=copy), self._rx.bell, _DATA,
-                              timeout, s._between_recv, s._empty_error)
+        if not self._steps or (copy if copy is not None else s._copy_default):
+            return await_op(partial(s.recv, timeout=0, copy=copy), self._rx, _DATA, timeout,
+                            s._between_recv, s._empty_error)
+        step = self._step
+        if step is None:
+            step = self._step = s._try_step()
+        return await_op(step, self._rx, _DATA, timeout, s._between_recv, s._empty_error,
+                        self._failed)
 
     async def recv_copy(self, timeout: float | None = None) -> np.ndarray[Any, Any]:
         """Await the next frame as an ordinary array of your own (as the sync recv_copy)."""
@@ -125,8 +115,7 @@ class Subscriber(_Receiving):
     sub.recv()``, ``await sub.latest()``, ``async for view in sub``."""
 
     def __init__(self, sync: Any) -> None:
-        self._sync = sync
-        self._rx = _Awaiter(sync._rx)
+        self._receiving(sync, Awaiter(sync._rx))
 
     async def latest(self, timeout: float | None = 1.0, *, copy: bool | None = None) -> Any:
         """Await the newest frame (skipping older ones), as the sync latest()."""
@@ -199,10 +188,9 @@ class Channel(_Receiving):
     leaves nothing armed or leased."""
 
     def __init__(self, sync: Any) -> None:
-        self._sync = sync
-        self._tx = _Awaiter(sync._h)
+        self._tx = Awaiter(sync._h)
         # the ring modes receive on the same handle; broadcast receives through subscribers
-        self._rx = self._tx
+        self._receiving(sync, self._tx)
         self._control: ControlQueue | None = None
         self._subscribers: weakref.WeakSet[Subscriber] = weakref.WeakSet()
 
@@ -232,7 +220,7 @@ class Channel(_Receiving):
 
     async def _await_space(self, attempt: Callable[[], T], timeout: float | None) -> T:
         s = self._sync
-        return await await_op(attempt, self._tx.bell, _SPACE, timeout, s._between_send,
+        return await await_op(attempt, self._tx, _SPACE, timeout, s._between_send,
                               s._full_error)
 
     async def send(self, frame: Any, timeout: float | None = None, tag: int = 0) -> None:

@@ -19,13 +19,17 @@ measures it in one run against a bare eventfd).
 
 Every await sleeps in slices of at most 100 ms against its deadline, and probes the peers'
 liveness between slices, exactly as the sync waits do; a cancelled await disarms on the way
-out, so nothing is left armed, leased or running.
+out, so nothing is left armed, leased or running. An await that was rung returns its result
+still armed (withdrawing costs time the woken coroutine is waiting for): the handle's next
+call withdraws it, or keeps it when that call has to wait again, and the slice timer withdraws
+it after at most one slice (100 ms) when no call comes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from typing import Any, Callable, TypeVar
 
 from .._os import names as _names
@@ -34,7 +38,7 @@ from .._os.segment import Deadline
 from .._os.wait import SLICE
 from ..errors import WouldBlockError
 
-__all__ = ["Doorbell", "await_op", "readable"]
+__all__ = ["Awaiter", "Doorbell", "await_op", "readable"]
 
 T = TypeVar("T")
 
@@ -42,7 +46,7 @@ T = TypeVar("T")
 class Doorbell:
     """The FIFO one participant (a C handle) of a channel sleeps on, read by one loop."""
 
-    __slots__ = ("handle", "loop", "path", "fd", "waiter", "buf", "deferred", "tick",
+    __slots__ = ("handle", "loop", "path", "fd", "waiter", "bufs", "armed", "tick",
                  "tick_when", "busy")
 
     def __init__(self, handle: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -60,9 +64,9 @@ class Doorbell:
         # (nor polls as hung up) when a poster that rang it goes away
         self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self.waiter: asyncio.Future[bool] | None = None
-        self.buf = bytearray(256)
-        #: direction -> the pending call of a deferred disarm (see disarm_soon)
-        self.deferred: dict[int, asyncio.Handle] = {}
+        self.bufs = [bytearray(256)]
+        #: bits 1 << direction this doorbell is armed for (in the channel too)
+        self.armed = 0
         #: the slice timer (see sleep_until) and when it fires (loop.time())
         self.tick: asyncio.TimerHandle | None = None
         self.tick_when = 0.0
@@ -74,11 +78,12 @@ class Doorbell:
         # one read drains it, into a buffer of our own (no allocation): an armed waiter is
         # rung about once per post, and a FIFO left with bytes calls back again
         try:
-            rung = os.readv(self.fd, [self.buf]) > 0
+            rung = os.readv(self.fd, self.bufs) > 0
         except BlockingIOError:
-            rung = False
-        if rung:
-            _settle(self.waiter, True)
+            return
+        w = self.waiter
+        if rung and w is not None and not w.done():
+            w.set_result(True)
 
     def sleep_until(self, when: float) -> asyncio.Future[bool]:
         """A future resolved True when rung, False at the latest at ``when`` (loop.time()).
@@ -97,40 +102,35 @@ class Doorbell:
 
     def _tick(self) -> None:
         self.tick = None
-        _settle(self.waiter, False)
+        if self.waiter is None:  # no await sleeps: withdraw what the last wake left armed
+            self.disarm_all()
+        else:
+            _settle(self.waiter, False)
 
     def arm(self, which: int) -> None:
-        """Announce that this participant waits on its FIFO for direction ``which``."""
-        pending = self.deferred.pop(which, None)
-        if pending is not None:  # still armed since the last wake: keep it that way
-            pending.cancel()
-            return
-        lib.shm_chan_arm_doorbell(self.handle.h, which)
+        """Announce that this participant waits on its FIFO for direction ``which`` (a no-op
+        while still armed since the last wake: every post since then has rung)."""
+        bit = 1 << which
+        if not self.armed & bit:
+            lib.shm_chan_arm_doorbell(self.handle.h, which)
+            self.armed |= bit
 
     def disarm(self, which: int) -> None:
-        """Withdraw the announcement now."""
-        pending = self.deferred.pop(which, None)
-        if pending is not None:
-            pending.cancel()
-        lib.shm_chan_disarm_doorbell(self.handle.h, which)
-
-    def disarm_soon(self, which: int) -> None:
-        """Withdraw it at the loop's next turn, after the woken coroutine ran: the wake path
-        returns its frame first. A post meanwhile costs the poster one spare ring, drained
-        here; an await that arms again meanwhile keeps the announcement instead."""
-        if which not in self.deferred:
-            self.deferred[which] = self.loop.call_soon(self._disarm_now, which)
-
-    def _disarm_now(self, which: int) -> None:
-        if self.deferred.pop(which, None) is not None:
+        """Withdraw the announcement (a no-op when not armed)."""
+        bit = 1 << which
+        if self.armed & bit:
+            self.armed &= ~bit
             lib.shm_chan_disarm_doorbell(self.handle.h, which)
+
+    def disarm_all(self) -> None:
+        for which in (lib.SHM_CHAN_WAIT_DATA, lib.SHM_CHAN_WAIT_SPACE):
+            self.disarm(which)
 
     def close(self) -> None:
         """Withdraw, stop reading, close and unlink the FIFO (idempotent). An await parked on
         it is woken: it tries again and meets the closed handle (ClosedError)."""
         _settle(self.waiter, True)
-        for which in list(self.deferred):
-            self.disarm(which)
+        self.disarm_all()
         if self.tick is not None:
             self.tick.cancel()
             self.tick = None
@@ -164,22 +164,64 @@ async def readable(loop: asyncio.AbstractEventLoop, fd: int, seconds: float) -> 
         loop.remove_reader(fd)
 
 
-async def await_op(attempt: Callable[[], T], bell: Callable[[], Doorbell], which: int,
+class Awaiter:
+    """The doorbell of one sync handle, made on the first await that has to sleep, and
+    closed with its twin: by close(), or when the twin is collected (the loop's reader keeps
+    the Doorbell itself alive, so it must not outlive the registration it rings for)."""
+
+    __slots__ = ("door", "_handle", "_loop", "_final", "__weakref__")
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.door: Doorbell | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._final: Any = None  # weakref.finalize
+
+    def bell(self) -> Doorbell:
+        loop = asyncio.get_running_loop()
+        if self.door is None:
+            self.door = Doorbell(self._handle, loop)
+            self._loop = loop
+            self._final = weakref.finalize(self, self.door.close)
+        elif loop is not self._loop:
+            raise RuntimeError(f"{self._handle.what}: an asyncio handle belongs to the event "
+                               "loop it was first awaited in; open another handle for this one")
+        return self.door
+
+    def close(self) -> None:
+        if self._final is not None:
+            self._final()
+
+
+async def await_op(attempt: Callable[[], T], awaiter: Awaiter, which: int,
                    timeout: float | None, between: Callable[[], BaseException | None],
-                   on_timeout: Callable[[bool], BaseException]) -> T:
+                   on_timeout: Callable[[bool], BaseException],
+                   failed: Callable[[Any], None] | None = None) -> T:
     """``attempt()`` (a call with ``timeout=0``: a result, or WouldBlockError) until it gives
-    a result, awaiting the doorbell of direction ``which`` (``SHM_CHAN_WAIT_DATA`` / ``SPACE``)
-    between tries, for at most ``timeout`` seconds (None: forever; 0: never waits).
-    ``between()`` runs after every 100 ms slice without a ring and returns the exception to
-    raise (PeerDiedError) if the next try still blocks. Raises ``on_timeout(False)`` at the
-    deadline."""
+    a result, awaiting ``awaiter``'s doorbell for direction ``which`` (``SHM_CHAN_WAIT_DATA`` /
+    ``SPACE``) between tries, for at most ``timeout`` seconds (None: forever; 0: never waits).
+    With ``failed``, ``attempt`` is a C step that returns an int status instead of raising,
+    and ``failed(status)`` raises it (WouldBlockError included). ``between()`` runs after
+    every 100 ms slice without a ring and returns the exception to raise (PeerDiedError) if
+    the next try still blocks. Raises ``on_timeout(False)`` at the deadline."""
+    door = awaiter.door
+    waits = False
     try:
-        return attempt()
+        got = attempt()
+        if failed is not None and type(got) is int:
+            failed(got)
+        return got
     except WouldBlockError:
         if timeout == 0:
             raise
+        waits = True
+    finally:
+        # withdraw what the last wake left armed, unless this call goes on to wait (and
+        # keeps it), or another task's await sleeps on it (see the RuntimeError below)
+        if not waits and door is not None and door.armed and not door.busy:
+            door.disarm(which)
     deadline = Deadline(timeout)
-    door = bell()
+    door = awaiter.bell()
     if door.busy:
         raise RuntimeError(
             f"{door.handle.what}: another task is already awaiting this handle; a handle is "
@@ -189,10 +231,12 @@ async def await_op(attempt: Callable[[], T], bell: Callable[[], Doorbell], which
     loop = door.loop
     try:
         while True:
-            door.arm(which)
+            door.arm(which)  # a no-op while still armed since the last wake
             try:
                 try:
                     got = attempt()  # the re-check after arming: no ring can be missed
+                    if failed is not None and type(got) is int:
+                        failed(got)
                 except WouldBlockError:
                     pass
                 else:
@@ -210,6 +254,8 @@ async def await_op(attempt: Callable[[], T], bell: Callable[[], Doorbell], which
                 gone = None if woken else between()
                 try:
                     got = attempt()  # rung: the frame (or the slot) is there, as a rule
+                    if failed is not None and type(got) is int:
+                        failed(got)
                 except WouldBlockError:
                     if gone is not None:
                         raise gone from None
@@ -217,7 +263,7 @@ async def await_op(attempt: Callable[[], T], bell: Callable[[], Doorbell], which
             except BaseException:  # a timeout, a peer's death, a cancellation: nothing armed
                 door.disarm(which)
                 raise
-            door.disarm_soon(which)  # the wake path returns its result first
+            # rung: the result goes back at once, still armed (the module's docstring)
             return got
     finally:
         door.busy = False

@@ -11,7 +11,8 @@ when the frame is released and no view of it is alive.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Iterator
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -120,6 +121,16 @@ class Receiver:
             if type(f) is int:
                 self._recv_error(f, "latest" if latest else "recv")
         return f
+
+    def _try_step(self) -> Callable[[], Any]:
+        """The zero-copy receive's one C step with timeout=0, bound to this handle (which it
+        registers first): a Frame, or an int status that ``_recv_error(status, "recv")``
+        raises as (WouldBlockError for "nothing now"). The asyncio twin's try: nothing runs
+        in Python between the call and the C receive. Safe after close: the C core refuses
+        an unregistered handle (a status), and this keeps the handle alive."""
+        rx = self._rx if self._rx_ready else self._consumer()
+        return partial(_recv, rx.addr, rx, self._frame_type, rx.seg.ro_payload, False, 0,
+                       False)
 
     # -- copies ----------------------------------------------------------------------------
 

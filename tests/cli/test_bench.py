@@ -233,7 +233,7 @@ def test_wake_records_for_every_method() -> None:
     # not a timing assertion: every method runs, receives every frame and gives a record
     from shmarray.cli.bench import wake
 
-    recs = wake.measure(samples=60, interval=0.002, rounds=2)
+    recs = wake.measure(samples=60, interval=0.002)
     assert [r["transport"] for r in recs] == list(wake.METHODS)
     for r in recs:
         assert r["status"] == "ok", r

@@ -50,8 +50,7 @@ def run(plan: runner.Plan, *, progress: report.Progress | None = None,
     if "wake" in plan.workloads and any(plan.selected(m, "wake") for m in _wake.METHODS):
         if progress is not None:
             progress.note("await-wake latency: asyncio consumers, 1 frame per ms")
-        records += _wake.measure(samples=400 if plan.quick else 3000,
-                                 rounds=2 if plan.quick else 3)
+        records += _wake.measure(samples=400 if plan.quick else 3000)
     report.annotate(records, floor)
     elapsed = time.monotonic() - t0
     text = report.table(records, floor, mach, command, elapsed)

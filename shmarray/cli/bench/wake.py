@@ -2,86 +2,85 @@
 producer in another process publishes a frame (the ``wake`` rows of ``shmarray bench``;
 ``benchmarks/bench_aio.py`` runs them alone).
 
-A producer process sends a 64-byte frame every ``interval`` seconds (1 ms: the consumer is
-asleep when each frame comes); the latency of one frame is the consumer's CLOCK_MONOTONIC when
-its code runs minus the frame's commit timestamp (the same clock, taken by the producer just
-before it publishes). Measured in one run, one after another:
+One producer process sends a 64-byte frame every ``interval`` seconds (1 ms: the consumer is
+asleep when each frame comes), through each method in turn, frame by frame: frame i goes
+through method i mod k, and one consumer process, in one event loop, waits for it that way.
+Every method therefore sees the same machine at the same moments, and a drift of the VM's
+state (which moves the medians of runs minutes apart by 20 %) is shared instead of landing on
+one method. The latency of one frame is the consumer's CLOCK_MONOTONIC when its code runs
+minus the frame's commit timestamp (the same clock, taken by the producer just before it
+publishes). The methods:
 
 - ``shmarray.aio``: ``await ch.recv()``, woken through its doorbell FIFO;
 - ``run_in_executor``: the sync ``recv()`` in the loop's default thread pool, awaited;
-- ``sync recv``: the sync ``recv()`` (futex), no event loop: for reference;
+- ``sync recv``: the sync ``recv()`` (futex), blocking the loop: for reference;
 - ``eventfd (bare)``: the floor of an event-loop wake: the producer writes its timestamp to an
-  eventfd the consumer's loop watches with ``add_reader`` (no channel at all).
+  eventfd the consumer's loop watches with ``add_reader``, and the coroutine awaiting the
+  future that callback resolves takes the time (no channel at all).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
 from .runner import stats
 
-__all__ = ["METHODS", "measure"]
+__all__ = ["METHODS", "BASELINE", "measure"]
 
 METHODS = ("eventfd (bare)", "shmarray.aio", "run_in_executor", "sync recv")
 BASELINE = "eventfd (bare)"
 
+# argv: n (frames per method), interval, then one target per method: "fd:<eventfd>" or the
+# name of a channel. stdin: "go" starts it, "done" (or EOF) lets it exit.
 _PRODUCER = r"""
 import os, sys, time, numpy as np
-mode, target, n, interval = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+n, interval, targets = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
 frame = np.zeros(8, np.int64)
-if mode == "channel":
-    import shmarray
-    ch = shmarray.Channel.open(target, timeout=10)
-else:
-    fd = int(target)
+outs = []
+for t in targets:
+    if t.startswith("fd:"):
+        fd = int(t[3:])
+        outs.append(lambda i, fd=fd: os.write(fd, time.monotonic_ns().to_bytes(8, sys.byteorder)))
+    else:
+        import shmarray
+        ch = shmarray.Channel.open(t, timeout=10)
+        outs.append(lambda i, ch=ch: ch.send(frame, tag=i, timeout=10))
 sys.stdout.write("ready\n"); sys.stdout.flush()
 sys.stdin.readline()  # go
 next_t = time.monotonic() + interval
-for i in range(n):
+for i in range(n * len(outs)):
     while time.monotonic() < next_t:  # pace: sleep most of the interval, spin the rest
         left = next_t - time.monotonic()
         if left > 0.0003:
             time.sleep(left - 0.0002)
-    next_t += interval
-    if mode == "channel":
-        ch.send(frame, tag=i, timeout=10)
-    else:
-        os.write(fd, (time.monotonic_ns() << 1).to_bytes(8, sys.byteorder))
-if mode == "channel":
-    ch.end()
-else:
-    time.sleep(interval)
-    os.write(fd, (1).to_bytes(8, sys.byteorder))  # odd: the end (even if summed with a stamp)
+    next_t = max(next_t + interval, time.monotonic() + interval / 2)  # late: no burst
+    outs[i % len(outs)](i)
+sys.stdin.readline()  # done (or the consumer is gone)
 """
 
 
-def _producer(mode: str, target: str, n: int, interval: float,
-              pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[str]:
+def _producer(targets: list[str], n: int, interval: float,
+              pass_fds: tuple[int, ...]) -> subprocess.Popen[str]:
     # cwd: a neutral directory, so that `-c` imports the installed shmarray and never a
     # source tree the caller stands in (which has no compiled parts)
-    p = subprocess.Popen([sys.executable, "-c", _PRODUCER, mode, target, str(n), str(interval)],
+    p = subprocess.Popen([sys.executable, "-c", _PRODUCER, str(n), str(interval), *targets],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                          pass_fds=pass_fds, cwd=tempfile.gettempdir())
     assert p.stdout is not None
     if p.stdout.readline().strip() != "ready":
         _finish(p)
-        raise RuntimeError(f"wake benchmark: the {mode} producer did not start (exit status "
+        raise RuntimeError(f"wake benchmark: the producer did not start (exit status "
                            f"{p.returncode}; its error is on stderr)")
     return p
-
-
-def _go(p: subprocess.Popen[str]) -> None:
-    assert p.stdin is not None
-    p.stdin.write("go\n")
-    p.stdin.flush()
 
 
 def _finish(p: subprocess.Popen[str]) -> None:
@@ -99,135 +98,152 @@ def _finish(p: subprocess.Popen[str]) -> None:
                 f.close()
 
 
-def _channel_samples(method: str, n: int, interval: float) -> list[int]:
+Take = Callable[[], Awaitable[int]]  # one frame's latency (ns)
+
+
+class _Eventfd:
+    """The floor: an eventfd the producer writes its stamp to, watched with add_reader; a
+    take awaits a future the reader callback resolves, the leanest await there is."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        stack.callback(os.close, self.fd)
+        self.loop = asyncio.get_running_loop()
+        self.waiter: asyncio.Future[int] | None = None
+        self.early: list[int] = []
+        self.loop.add_reader(self.fd, self._readable)
+        stack.callback(self.loop.remove_reader, self.fd)
+
+    def _readable(self) -> None:
+        try:
+            v = os.eventfd_read(self.fd)
+        except BlockingIOError:
+            return
+        # an eventfd adds up writes it holds: k stamps read at once (a consumer more than
+        # k - 1 turns late) are told apart by size, and each counts at their mean
+        k = max(1, round(v / time.monotonic_ns()))
+        stamps = [v // k] * k
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(stamps.pop())
+        self.early += stamps  # written before their take began (the consumer ran late)
+
+    def fail(self, exc: BaseException) -> None:
+        """End a take that no stamp will end (the producer is gone)."""
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_exception(exc)
+
+    async def take(self) -> int:
+        if self.early:
+            v = self.early.pop(0)
+        else:
+            w = self.waiter = self.loop.create_future()
+            v = await w
+        return time.monotonic_ns() - v  # one write per take: the stamp itself
+
+
+def _channel(method: str, stack: contextlib.ExitStack) -> tuple[str, Take]:
     import shmarray
     import shmarray.aio
 
     from ..._os import names as _names
 
     name = _names.unique("bench-wake")
-    out: list[int] = []
-    with shmarray.Channel.create(name, slot_bytes=64, capacity=8):
-        prod = _producer("channel", name, n, interval)
-        try:
-            if method == "sync recv":
-                rx = shmarray.Channel.open(name)
-                _go(prod)
-                now = time.monotonic_ns
-                try:
-                    while True:
-                        f = rx.recv(timeout=30)
-                        out.append(now() - f.timestamp_ns)
-                        f.release()
-                except shmarray.StreamEnded:
-                    pass
-                rx.close()
-            else:
-                asyncio.run(_async_channel(method, name, prod, out))
-        finally:
-            _finish(prod)
-    return out
-
-
-async def _async_channel(method: str, name: str, prod: subprocess.Popen[str],
-                         out: list[int]) -> None:
-    import shmarray
-    import shmarray.aio
-
+    ch = stack.enter_context(shmarray.Channel.create(name, slot_bytes=64, capacity=8))
+    stack.callback(ch.unlink)
     now = time.monotonic_ns
     if method == "shmarray.aio":
         ach = shmarray.aio.Channel.open(name)
-        _go(prod)
-        try:
-            while True:
-                f = await ach.recv(timeout=30)
-                out.append(now() - f.timestamp_ns)
-                f.release()
-        except shmarray.StreamEnded:
-            pass
-        ach.close()
-        return
-    rx = shmarray.Channel.open(name)
-    loop = asyncio.get_running_loop()
+        stack.callback(ach.close)
 
-    def take() -> int:
+        async def take_aio() -> int:
+            f = await ach.recv(timeout=30)
+            t: int = now() - f.timestamp_ns
+            f.release()
+            return t
+
+        return name, take_aio
+    rx = shmarray.Channel.open(name)
+    stack.callback(rx.close)
+
+    def stamp() -> int:
         f = rx.recv(timeout=30)
         ts: int = f.timestamp_ns
         f.release()
         return ts
 
-    _go(prod)
-    try:
-        while True:
-            ts = await loop.run_in_executor(None, take)
-            out.append(now() - ts)
-    except shmarray.StreamEnded:
-        pass
-    rx.close()
+    if method == "sync recv":
+        async def take_sync() -> int:
+            ts = stamp()  # blocks the loop: the reference without one
+            return now() - ts
+
+        return name, take_sync
+    loop = asyncio.get_running_loop()
+
+    async def take_thread() -> int:
+        ts = await loop.run_in_executor(None, stamp)
+        return now() - ts
+
+    return name, take_thread
 
 
-def _eventfd_samples(n: int, interval: float) -> list[int]:
-    fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    out: list[int] = []
-    try:
-        prod = _producer("eventfd", str(fd), n, interval, pass_fds=(fd,))
+async def _run(methods: tuple[str, ...], n: int, interval: float,
+               got: dict[str, list[int]], errors: dict[str, str]) -> None:
+    with contextlib.ExitStack() as stack:
+        floor: _Eventfd | None = None
+        targets: list[str] = []
+        ways: list[tuple[str, Take]] = []
+        for m in methods:
+            take: Take
+            try:
+                if m == BASELINE:
+                    floor = _Eventfd(stack)
+                    target, take = f"fd:{floor.fd}", floor.take
+                else:
+                    target, take = _channel(m, stack)
+            except Exception as exc:  # noqa: BLE001 - a record says what failed; run goes on
+                errors[m] = f"{type(exc).__name__}: {exc}"
+                continue
+            targets.append(target)
+            ways.append((m, take))
+            got[m] = []
+        if not ways:
+            return
+        prod = _producer(targets, n, interval, () if floor is None else (floor.fd,))
+        stack.callback(_finish, prod)
+        if floor is not None:  # the producer's end (its stdout closing) ends a pending take
+            loop = asyncio.get_running_loop()
+            assert prod.stdout is not None
+            out = prod.stdout.fileno()
+            loop.add_reader(out, lambda: floor.fail(RuntimeError(
+                "the wake benchmark's producer ended before its last stamp")))
+            stack.callback(loop.remove_reader, out)
         try:
-            async def consume() -> None:
-                # as an awaiting coroutine sees it: the reader callback resolves a future,
-                # and the time is taken when the coroutine awaiting it runs again
-                loop = asyncio.get_running_loop()
-                now = time.monotonic_ns
-                waiter: list[asyncio.Future[int]] = []
-
-                def readable() -> None:
-                    try:
-                        v = os.eventfd_read(fd)
-                    except BlockingIOError:
-                        return
-                    if waiter and not waiter[0].done():
-                        waiter[0].set_result(v)
-
-                loop.add_reader(fd, readable)
-                _go(prod)
-                try:
-                    while True:
-                        w = loop.create_future()
-                        waiter[:] = [w]
-                        v = await w  # the leanest await (the producer always ends)
-                        if v >> 1:
-                            out.append(now() - (v >> 1))  # an eventfd sums writes: stamps
-                        if v & 1:                          # are even, the end is odd
-                            break
-                finally:
-                    loop.remove_reader(fd)
-            asyncio.run(consume())
-        finally:
-            _finish(prod)
-    finally:
-        os.close(fd)
-    return out
+            assert prod.stdin is not None
+            prod.stdin.write("go\n")
+            prod.stdin.flush()
+            for _ in range(n):
+                for m, take in ways:
+                    got[m].append(await take())
+            prod.stdin.write("done\n")
+            prod.stdin.flush()
+        except Exception as exc:  # noqa: BLE001
+            for m, _take in ways:
+                errors.setdefault(m, f"{type(exc).__name__}: {exc}")
+            prod.kill()
 
 
 def measure(samples: int = 2000, interval: float = 0.001,
-            methods: tuple[str, ...] = METHODS, rounds: int = 3) -> list[dict[str, Any]]:
-    """One record per method: median and p99 wake latency (ns) over ``samples`` frames sent
-    ``interval`` seconds apart, and ``vs_eventfd`` (median / the bare eventfd's median, when
-    measured in the same call). The methods take turns, ``rounds`` times, so that a drift of
-    the machine's state is shared by all of them. A failing method gets status "error",
-    never raises."""
-    got: dict[str, list[int]] = {m: [] for m in methods}
+            methods: tuple[str, ...] = METHODS) -> list[dict[str, Any]]:
+    """One record per method: median and p99 wake latency (ns) over ``samples`` frames each,
+    ``interval`` seconds apart, the methods taking turns frame by frame (module docstring),
+    and ``vs_eventfd`` (median / the bare eventfd's median, when it is measured too). The
+    first 5 % of each method's frames (the loop and caches warming up) are left out. A
+    failing method gets status "error"; never raises."""
+    got: dict[str, list[int]] = {}
     errors: dict[str, str] = {}
-    per_round = max(20, samples // rounds)
-    for _ in range(rounds):
-        for m in methods:
-            if m in errors:
-                continue
-            try:
-                one = (_eventfd_samples(per_round, interval) if m == BASELINE
-                       else _channel_samples(m, per_round, interval))
-                got[m] += one[len(one) // 20:]  # the first 5 %: the loop and caches warm up
-            except Exception as exc:  # noqa: BLE001 - a record says what failed; run goes on
-                errors[m] = f"{type(exc).__name__}: {exc}"
+    asyncio.run(_run(methods, samples, interval, got, errors))
     records: list[dict[str, Any]] = []
     for m in methods:
         rec: dict[str, Any] = {"transport": m, "workload": "wake", "size": "64B", "nbytes": 64,
@@ -235,7 +251,9 @@ def measure(samples: int = 2000, interval: float = 0.001,
         if m in errors:
             rec.update(status="error", error=errors[m])
         else:
-            rec.update(stats(np.asarray(got[m], dtype=np.float64)), unit="ns wake")
+            one = got[m]
+            rec.update(stats(np.asarray(one[len(one) // 20:], dtype=np.float64)),
+                       unit="ns wake")
         records.append(rec)
     base = next((r for r in records if r["transport"] == BASELINE and r["status"] == "ok"),
                 None)
