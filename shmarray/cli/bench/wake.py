@@ -3,13 +3,15 @@ producer in another process publishes a frame (the ``wake`` rows of ``shmarray b
 ``benchmarks/bench_aio.py`` runs them alone).
 
 One producer process sends a 64-byte frame every ``interval`` seconds (1 ms: the consumer is
-asleep when each frame comes), through each method in turn, frame by frame: frame i goes
-through method i mod k, and one consumer process, in one event loop, waits for it that way.
-Every method therefore sees the same machine at the same moments, and a drift of the VM's
-state (which moves the medians of runs minutes apart by 20 %) is shared instead of landing on
-one method. The latency of one frame is the consumer's CLOCK_MONOTONIC when its code runs
-minus the frame's commit timestamp (the same clock, taken by the producer just before it
-publishes). The methods:
+asleep when each frame comes), through each method in turn, frame by frame, the order rotating
+by one every round (so that each method follows each other equally often), and one consumer
+process, in one event loop, waits for each frame the way it was sent. Every method therefore
+sees the same machine at the same moments: a drift of the VM's state (which moves the medians
+of runs minutes apart by 20 %) is shared instead of landing on one method. The latency of one
+frame is the consumer's CLOCK_MONOTONIC when its code runs again minus the frame's commit
+timestamp (the same clock, taken by the producer just before it publishes); every method's
+wait is awaited directly in the measuring loop, so each resumes through the same frames.
+The methods:
 
 - ``shmarray.aio``: ``await ch.recv()``, woken through its doorbell FIFO;
 - ``run_in_executor``: the sync ``recv()`` in the loop's default thread pool, awaited;
@@ -28,7 +30,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Awaitable, Callable
+from functools import partial
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -63,7 +66,8 @@ for i in range(n * len(outs)):
         if left > 0.0003:
             time.sleep(left - 0.0002)
     next_t = max(next_t + interval, time.monotonic() + interval / 2)  # late: no burst
-    outs[i % len(outs)](i)
+    k = len(outs)
+    outs[(i + i // k) % k](i)  # turn i % k of round i // k: the order rotates every round
 sys.stdin.readline()  # done (or the consumer is gone)
 """
 
@@ -98,19 +102,27 @@ def _finish(p: subprocess.Popen[str]) -> None:
                 f.close()
 
 
-Take = Callable[[], Awaitable[int]]  # one frame's latency (ns)
+class Way(NamedTuple):
+    """How the consumer waits for one method's frame. The wait itself is awaited (or, not
+    ``awaited``, called) directly in the measuring loop, and the clock read right after it, so
+    that every method resumes through the same frames; ``latency(result, t)`` then works out
+    the figure (ns) off the measured path."""
+
+    start: Callable[[], Any]
+    latency: Callable[[Any, int], int]
+    awaited: bool = True
 
 
 class _Eventfd:
-    """The floor: an eventfd the producer writes its stamp to, watched with add_reader; a
-    take awaits a future the reader callback resolves, the leanest await there is."""
+    """The floor: an eventfd the producer writes its stamp to, watched with add_reader; the
+    wait is a future the reader callback resolves, the leanest await there is."""
 
     def __init__(self, stack: contextlib.ExitStack) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         stack.callback(os.close, self.fd)
         self.loop = asyncio.get_running_loop()
         self.waiter: asyncio.Future[int] | None = None
-        self.early: list[int] = []
+        self.early: list[int] = []  # read before their wait began (the consumer ran late)
         self.loop.add_reader(self.fd, self._readable)
         stack.callback(self.loop.remove_reader, self.fd)
 
@@ -119,31 +131,41 @@ class _Eventfd:
             v = os.eventfd_read(self.fd)
         except BlockingIOError:
             return
-        # an eventfd adds up writes it holds: k stamps read at once (a consumer more than
-        # k - 1 turns late) are told apart by size, and each counts at their mean
-        k = max(1, round(v / time.monotonic_ns()))
-        stamps = [v // k] * k
         w = self.waiter
         if w is not None and not w.done():
-            w.set_result(stamps.pop())
-        self.early += stamps  # written before their take began (the consumer ran late)
+            w.set_result(v)
+        else:
+            self.early.append(v)
 
     def fail(self, exc: BaseException) -> None:
-        """End a take that no stamp will end (the producer is gone)."""
+        """End a wait that no stamp will end (the producer is gone)."""
         w = self.waiter
         if w is not None and not w.done():
             w.set_exception(exc)
 
-    async def take(self) -> int:
+    def start(self) -> asyncio.Future[int]:
+        w = self.waiter = self.loop.create_future()
         if self.early:
-            v = self.early.pop(0)
-        else:
-            w = self.waiter = self.loop.create_future()
-            v = await w
-        return time.monotonic_ns() - v  # one write per take: the stamp itself
+            w.set_result(self.early.pop(0))
+        return w
+
+    def latency(self, v: int, t: int) -> int:
+        # an eventfd adds up the writes it holds: k stamps read at once (a consumer more
+        # than k - 1 turns late) are told apart by size, and each counts at their mean
+        k = max(1, round(v / t))
+        if k > 1:
+            v //= k
+            self.early += [v] * (k - 1)
+        return t - v
 
 
-def _channel(method: str, stack: contextlib.ExitStack) -> tuple[str, Take]:
+def _frame_latency(f: Any, t: int) -> int:
+    ts: int = f.timestamp_ns
+    f.release()
+    return t - ts
+
+
+def _channel(method: str, stack: contextlib.ExitStack) -> tuple[str, Way]:
     import shmarray
     import shmarray.aio
 
@@ -152,20 +174,15 @@ def _channel(method: str, stack: contextlib.ExitStack) -> tuple[str, Take]:
     name = _names.unique("bench-wake")
     ch = stack.enter_context(shmarray.Channel.create(name, slot_bytes=64, capacity=8))
     stack.callback(ch.unlink)
-    now = time.monotonic_ns
     if method == "shmarray.aio":
         ach = shmarray.aio.Channel.open(name)
         stack.callback(ach.close)
-
-        async def take_aio() -> int:
-            f = await ach.recv(timeout=30)
-            t: int = now() - f.timestamp_ns
-            f.release()
-            return t
-
-        return name, take_aio
+        return name, Way(partial(ach.recv, timeout=30), _frame_latency)
     rx = shmarray.Channel.open(name)
     stack.callback(rx.close)
+    recv = partial(rx.recv, timeout=30)
+    if method == "sync recv":  # blocks the loop: the reference without one
+        return name, Way(recv, _frame_latency, awaited=False)
 
     def stamp() -> int:
         f = rx.recv(timeout=30)
@@ -173,19 +190,8 @@ def _channel(method: str, stack: contextlib.ExitStack) -> tuple[str, Take]:
         f.release()
         return ts
 
-    if method == "sync recv":
-        async def take_sync() -> int:
-            ts = stamp()  # blocks the loop: the reference without one
-            return now() - ts
-
-        return name, take_sync
     loop = asyncio.get_running_loop()
-
-    async def take_thread() -> int:
-        ts = await loop.run_in_executor(None, stamp)
-        return now() - ts
-
-    return name, take_thread
+    return name, Way(partial(loop.run_in_executor, None, stamp), lambda ts, t: t - ts)
 
 
 async def _run(methods: tuple[str, ...], n: int, interval: float,
@@ -193,43 +199,47 @@ async def _run(methods: tuple[str, ...], n: int, interval: float,
     with contextlib.ExitStack() as stack:
         floor: _Eventfd | None = None
         targets: list[str] = []
-        ways: list[tuple[str, Take]] = []
+        ways: list[tuple[str, Way]] = []
         for m in methods:
-            take: Take
             try:
                 if m == BASELINE:
                     floor = _Eventfd(stack)
-                    target, take = f"fd:{floor.fd}", floor.take
+                    target, way = f"fd:{floor.fd}", Way(floor.start, floor.latency)
                 else:
-                    target, take = _channel(m, stack)
+                    target, way = _channel(m, stack)
             except Exception as exc:  # noqa: BLE001 - a record says what failed; run goes on
                 errors[m] = f"{type(exc).__name__}: {exc}"
                 continue
             targets.append(target)
-            ways.append((m, take))
+            ways.append((m, way))
             got[m] = []
         if not ways:
             return
         prod = _producer(targets, n, interval, () if floor is None else (floor.fd,))
         stack.callback(_finish, prod)
-        if floor is not None:  # the producer's end (its stdout closing) ends a pending take
+        if floor is not None:  # the producer's end (its stdout closing) ends a pending wait
             loop = asyncio.get_running_loop()
             assert prod.stdout is not None
             out = prod.stdout.fileno()
             loop.add_reader(out, lambda: floor.fail(RuntimeError(
                 "the wake benchmark's producer ended before its last stamp")))
             stack.callback(loop.remove_reader, out)
+        now = time.monotonic_ns
         try:
             assert prod.stdin is not None
             prod.stdin.write("go\n")
             prod.stdin.flush()
-            for _ in range(n):
-                for m, take in ways:
-                    got[m].append(await take())
+            k = len(ways)
+            for r in range(n):
+                for j in range(k):  # the producer's order: rotated by one every round
+                    m, (start, latency, awaited) = ways[(j + r) % k]
+                    x = (await start()) if awaited else start()
+                    t = now()
+                    got[m].append(latency(x, t))
             prod.stdin.write("done\n")
             prod.stdin.flush()
         except Exception as exc:  # noqa: BLE001
-            for m, _take in ways:
+            for m, _way in ways:
                 errors.setdefault(m, f"{type(exc).__name__}: {exc}")
             prod.kill()
 
