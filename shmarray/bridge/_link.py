@@ -100,6 +100,7 @@ class Link:
         self.connected = 0
         self.handshake_failures = 0
         self.disconnects = 0
+        self.ended = False  # the stream ended (see goodbye)
         self.last_event = ""
         self.lost_since: float | None = None  # monotonic time the last peer went away
         push = kind == "push"
@@ -191,7 +192,7 @@ class Link:
                 # a failed handshake also ends in a disconnect: count only real peers
                 if self.connected > 0:
                     self.connected -= 1
-                    self.disconnects += 1
+                    self.disconnects += 0 if self.ended else 1
                     if self.connected == 0:
                         self.lost_since = time.monotonic()
                 text = f"disconnected {where}"
@@ -201,6 +202,16 @@ class Link:
                         f"event {event:#x}, value {ev['value']})")
             self.last_event = text
             out.append(text)
+
+    def goodbye(self) -> None:
+        """The peer's end of stream was read: its closing is no longer a lost link. A sender
+        closes once its end of stream is out, and a back-pressured receiver reads that message
+        from its queue after seeing the close: a disconnect already counted with no peer left
+        is that goodbye, and so is one seen from now on."""
+        if not self.ended and self.connected == 0 and self.disconnects > 0:
+            self.disconnects -= 1
+            self.lost_since = None
+        self.ended = True
 
     def close(self) -> None:
         """Close the socket (the sender's lingers up to its LINGER for queued messages), the

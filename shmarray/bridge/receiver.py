@@ -288,6 +288,8 @@ class Receiver(BridgeEnd):
             return False
         if h.kind == wire.END:
             self._end()
+            if self._link is not None:
+                self._link.goodbye()
             self.state = "ended"
             log.info("recv %s: end of stream after %d frames", self.channel, self.frames)
             return True

@@ -339,6 +339,31 @@ def test_backpressure_keeps_the_link_and_loses_nothing(bridge: Any, name: str,
         assert rc == 0 and st["disconnects"] == 0, st
         dst.close()
 
+def test_a_sender_that_ends_and_leaves_is_no_lost_link(bridge: Any, name: str,
+                                                       consumer: Any) -> None:
+    """The sender ends its stream and closes while the receiver, back-pressured by a stalled
+    consumer, still has frames and the end of stream queued: the receiver sees the close
+    before it reads the end, and that goodbye is not a disconnect."""
+    n = 10  # the consumer takes 1 and stalls, 8 fill the ring, the 10th waits for space:
+    # the end of stream is then in ZeroMQ's queue (hwm 2) and the close behind it
+    with shmarray.Channel.create(name + "_s", slot_bytes=4 * KiB, capacity=8) as src:
+        rx = bridge("recv", name + "_d", "tcp://127.0.0.1:*", "--slot-bytes", "4KiB")
+        tx = bridge("send", name + "_s", rx.endpoint())
+        dst = shmarray.Channel.open(name + "_d", timeout=20)
+        con = consumer(dst, pause=lambda k: time.sleep(2.0) if k == 1 else None)
+        for i in range(n):
+            src.send(np.full(4 * KiB // 8, i, np.int64), tag=i, timeout=30)
+        src.end()
+        rc, st = tx.finish()  # the sender is gone before the consumer wakes
+        assert rc == 0 and st["disconnects"] == 0, st
+        con.join()
+        assert con.tags == list(range(n))
+        rc, st = rx.finish()
+        assert rc == 0 and st["disconnects"] == 0 and st["dropped"] == 0, st
+        assert st["waits"] > 0  # it did wait on its full ring, with the sender gone
+        dst.close()
+
+
 
 @pytest.mark.parametrize("policy", ["drop", "block"])
 def test_no_receiver_drop_keeps_the_producer_going_block_stops_it(bridge: Any, name: str,
