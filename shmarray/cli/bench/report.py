@@ -287,7 +287,8 @@ def table(records: list[dict[str, Any]], floor: dict[str, Any], mach: dict[str, 
                      f": {skipped[0]['error']}")
     if wk:
         lines.append("  await-wake: the consumer's CLOCK_MONOTONIC when its code runs minus the "
-                     "frame's commit timestamp. shmarray.aio: await ch.recv() (doorbell FIFO); "
+                     "frame's commit timestamp, the methods taking turns frame by frame in one "
+                     "producer and one event loop. shmarray.aio: await ch.recv() (doorbell FIFO); "
                      "run_in_executor: the sync recv in a thread, awaited; sync recv: futex, no "
                      "event loop; eventfd (bare): the floor, a coroutine awaiting a future that "
                      "an add_reader callback on an eventfd resolves (no channel); vs eventfd: "
