@@ -983,9 +983,11 @@ static int end_(shm_chan_t *h)
 
 /* ---------------------------------------------------------------- consumer */
 
+/* A handle closed while views of its frames live stays registered until the
+ * last one dies (close_when_idle): it only gives frames back, it takes none. */
 static int recv_args_ok(const shm_chan_t *h, const shm_chan_frame *out)
 {
-    return is_consumer(h) && out != NULL;
+    return is_consumer(h) && !h->closing && out != NULL;
 }
 
 /* A view may not make us hold capacity frames (the producer could then never

@@ -65,12 +65,13 @@ class _Receiving:
         # a plain function returning the wait's coroutine (one frame less to resume on the
         # wake path); the zero-copy try is the sync receive's own step, with nothing between
         s = self._sync
-        if not self._steps or (copy if copy is not None else s._copy_default):
+        step = self._step
+        if step is None and self._steps and s._rx_ready:  # registered (by an earlier call)
+            step = self._step = s._try_step()
+        if step is None or (copy if copy is not None else s._copy_default):
+            # the sync call with timeout=0: it registers, and raises, when awaited
             return await_op(partial(s.recv, timeout=0, copy=copy), self._rx, _DATA, timeout,
                             s._between_recv, s._empty_error)
-        step = self._step
-        if step is None:
-            step = self._step = s._try_step()
         return await_op(step, self._rx, _DATA, timeout, s._between_recv, s._empty_error,
                         self._failed)
 

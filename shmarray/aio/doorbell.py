@@ -94,11 +94,15 @@ class Doorbell:
         w: asyncio.Future[bool] = self.loop.create_future()
         self.waiter = w
         if self.tick is None or self.tick_when > when:
-            if self.tick is not None:
-                self.tick.cancel()
-            self.tick = self.loop.call_at(when, self._tick)
-            self.tick_when = when
+            self.tick_at(when)
         return w
+
+    def tick_at(self, when: float) -> None:
+        """(Re)start the slice timer to fire at ``when`` (loop.time())."""
+        if self.tick is not None:
+            self.tick.cancel()
+        self.tick = self.loop.call_at(when, self._tick)
+        self.tick_when = when
 
     def _tick(self) -> None:
         self.tick = None
@@ -263,7 +267,11 @@ async def await_op(attempt: Callable[[], T], awaiter: Awaiter, which: int,
             except BaseException:  # a timeout, a peer's death, a cancellation: nothing armed
                 door.disarm(which)
                 raise
-            # rung: the result goes back at once, still armed (the module's docstring)
+            # rung: the result goes back at once, still armed (the module's docstring); the
+            # slice timer withdraws it if no call comes (it fired already if the wait ended
+            # with the slice: then one more)
+            if door.tick is None:
+                door.tick_at(loop.time() + SLICE)
             return got
     finally:
         door.busy = False

@@ -257,3 +257,57 @@ def test_a_producer_with_the_default_sigpipe_survives_a_gone_waiter(name: str) -
         finally:
             stop(prod)
     assert _doorbells(name) == []
+
+
+def test_a_closed_handle_receives_nothing_while_a_view_keeps_a_frame(name: str) -> None:
+    # close() with a view alive leaves the C handle registered until the view dies; no
+    # receive may go through it meanwhile: the twin's C step, and the sync call, its sibling
+    with shmarray.Channel.create(name, slot_bytes=64, capacity=8) as tx:
+        async def go() -> None:
+            ach = shmarray.aio.Channel.open(name)
+            for i in range(4):
+                tx.send(np.full(8, i), timeout=1)
+            with await ach.recv(timeout=1) as view:
+                kept = view
+            ach.close()
+            with pytest.raises(shmarray.ClosedError):
+                await ach.recv(timeout=0)
+            with pytest.raises(shmarray.ClosedError):
+                await ach.recv(timeout=1)
+            assert int(kept[0]) == 0
+        _run(go)
+        rx = shmarray.Channel.open(name)
+        f = rx.recv(timeout=1)
+        kept = f.array
+        rx.close()
+        with pytest.raises(shmarray.ClosedError):
+            rx.recv(timeout=0)
+        del f, kept
+
+
+def test_a_rung_await_withdraws_its_announcement_by_the_next_call_or_slice(name: str) -> None:
+    with shmarray.Channel.create(name, slot_bytes=64, capacity=8) as tx:
+        async def go() -> None:
+            ach = shmarray.aio.Channel.open(name)
+            h = ach._sync._h
+            me = lambda: int(h.participant(h.self_info().index).doorbell)  # noqa: E731
+
+            async def post() -> None:
+                await asyncio.sleep(0.02)
+                tx.send(np.zeros(8), timeout=1)
+
+            for _ in range(2):
+                t = asyncio.ensure_future(post())
+                (await ach.recv(timeout=5)).release()  # rung
+                await t
+                assert me() != 0  # still armed: the wake returned first
+                tx.send(np.zeros(8), timeout=1)
+                (await ach.recv(timeout=0)).release()  # the next call withdraws it
+                assert me() == 0 and int(tx._h.status().doorbells) == 0
+            t = asyncio.ensure_future(post())
+            (await ach.recv(timeout=5)).release()
+            await t
+            await asyncio.sleep(0.25)  # no call: the slice timer withdraws it
+            assert me() == 0 and int(tx._h.status().doorbells) == 0
+            ach.close()
+        _run(go)
