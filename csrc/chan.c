@@ -315,7 +315,6 @@ void shm_chan_forked(shm_chan_t *h)
     h->claimed = 0;
     h->held = 0;
     h->held_bits = NULL;
-    h->db_armed = 0;
     h->gen++;
 }
 
@@ -420,31 +419,40 @@ static int set_doorbells_(shm_chan_t *h, int *fds, uint32_t n, const char *prefi
     return SHM_CHAN_OK;
 }
 
+/* A doorbell announcement is one bit in the waiter's entry, and one in the
+ * control block's count, which is never below the number of bits set: it is
+ * raised before the bit is set and lowered after a bit is cleared, by whoever
+ * clears it (the waiter withdrawing, a poster ringing it, a recoverer).  A
+ * ring consumes the announcement, as a futex wake does: a rung waiter has
+ * nothing to withdraw, and one that wakes and finds nothing arms again. */
 static int arm_doorbell_(shm_chan_t *h, uint32_t which)
 {
     if (!chan_attached(h) || h->me == NULL || which > SHM_CHAN_WAIT_SPACE)
         return SHM_CHAN_BAD_ARG;
     uint32_t bit = 1u << which;
-    if (h->db_armed & bit)
-        return SHM_CHAN_OK;
-    h->db_armed |= bit;
-    atomic_fetch_or_explicit(&h->me->doorbell, bit, SC);
     atomic_fetch_add_explicit(&h->ctrl->doorbells, 1, SC);
+    if (atomic_fetch_or_explicit(&h->me->doorbell, bit, SC) & bit)
+        dec_positive(&h->ctrl->doorbells); /* armed already */
     atomic_thread_fence(SC);
     return SHM_CHAN_OK;
+}
+
+/* Clears `bit` of entry e; lowers the count when it was set.  1: it was. */
+static int clear_doorbell(shm_chan_t *h, shm_chan_part *e, uint32_t bit)
+{
+    if (!(atomic_fetch_and_explicit(&e->doorbell, ~bit, SC) & bit))
+        return 0;
+    dec_positive(&h->ctrl->doorbells);
+    return 1;
 }
 
 static int disarm_doorbell_(shm_chan_t *h, uint32_t which)
 {
     if (!chan_attached(h) || which > SHM_CHAN_WAIT_SPACE)
         return SHM_CHAN_BAD_ARG;
-    uint32_t bit = 1u << which;
-    if (!(h->db_armed & bit))
-        return SHM_CHAN_OK;
-    h->db_armed &= ~bit;
     if (h->me != NULL)
-        atomic_fetch_and_explicit(&h->me->doorbell, ~bit, SC);
-    return dec_positive(&h->ctrl->doorbells);
+        clear_doorbell(h, h->me, 1u << which);
+    return SHM_CHAN_OK;
 }
 
 /* write(2) to a FIFO whose reader is gone raises SIGPIPE, which kills a
@@ -508,7 +516,10 @@ static void ring_doorbells(shm_chan_t *h, uint32_t which)
     for (uint32_t i = 0; i < maxp; i++) {
         if (h->me != NULL && i == h->index)
             continue;
-        if (atomic_load_explicit(&h->parts[i].doorbell, RLX) & bit)
+        /* consumed before the write: the woken waiter may arm again at once, and
+         * that announcement is for the next post */
+        if ((atomic_load_explicit(&h->parts[i].doorbell, RLX) & bit) &&
+            clear_doorbell(h, &h->parts[i], bit))
             ring_doorbell(h, i);
     }
 }
@@ -616,7 +627,6 @@ static int register_(shm_chan_t *h, uint32_t index, uint32_t role, uint32_t pid,
     h->held = 0;
     h->frames = 0;
     h->bytes = 0;
-    h->db_armed = 0;
     h->held_bits = role == SHM_CHAN_ROLE_CONSUMER ? held_bits : NULL;
     h->held_words = role == SHM_CHAN_ROLE_CONSUMER ? held_words : 0;
     if (h->held_bits)

@@ -35,7 +35,8 @@
  * sleeps on the snapshot; the other side, after its store-release and a
  * seq_cst fence, bumps the epoch and wakes only when the count is non-zero
  * (RING.md §3.4, §3.5).  A waiter may instead announce an fd doorbell (a FIFO
- * it polls from an event loop): the poster then writes one byte to it.
+ * it polls from an event loop): the poster then consumes the announcement and
+ * writes one byte to it (one-shot, as a futex wake).
  *
  * Liveness is the caller's business: Python holds an open-file-description
  * lock on byte SHM_CHAN_LOCK_PART0 + index of the segment file while it owns
@@ -360,7 +361,6 @@ typedef struct shm_chan_handle {
     uint32_t closing_pad;
     uint64_t gen;        /* registration generation (bumped by register and unregister) */
     uint32_t armed[2];   /* epoch snapshots taken by arm() */
-    uint32_t db_armed;   /* doorbell bits this handle set in its entry */
     uint32_t db_pad;
     /* producer */
     uint32_t claimed;    /* a claim is outstanding */
@@ -529,8 +529,9 @@ int shm_chan_valid(const shm_chan_t *h, uint64_t pos);
  * Doorbells: set_doorbells hands the handle its fd cache (n ints, -1 = not
  * open; n >= max_participants) and the path prefix of every participant's
  * FIFO ("<prefix><index>").  arm_doorbell(which) announces that this
- * participant waits on its FIFO (then re-check; the poster writes one byte
- * to it); disarm_doorbell(which) withdraws it. */
+ * participant waits on its FIFO (then re-check; a poster consumes the
+ * announcement and writes one byte to it, so a rung waiter is armed no more);
+ * disarm_doorbell(which) withdraws it if it is still there. */
 int shm_chan_arm(shm_chan_t *h, uint32_t which);
 int shm_chan_disarm(shm_chan_t *h, uint32_t which);
 int shm_chan_sleep(shm_chan_t *h, uint32_t which, uint64_t timeout_ns);

@@ -3,10 +3,11 @@
 The eventcount of the sync path (shmarray/_os/wait.py) with an fd in place of the futex: the
 waiter *arms its doorbell* in the channel (a bit in its participant entry and a count in the
 control block, seq_cst, in C), re-checks, and awaits its FIFO becoming readable; a poster,
-after the fence it makes anyway, writes one byte to the FIFO of every armed waiter of that
-direction -- only when the count is non-zero, so a stream that keeps up still makes no system
-call. (Every one, not one of several: a rung coroutine may not take the frame, having one
-already or being cancelled before it runs, and a ring it absorbed would strand the others.)
+after the fence it makes anyway, consumes the announcement of every armed waiter of that
+direction and writes one byte to its FIFO -- only when the count is non-zero, so a stream
+that keeps up still makes no system call. (Every one, not one of several: a rung coroutine
+may not take the frame, having one already or being cancelled before it runs, and a ring it
+absorbed would strand the others.)
 
 The FIFO is ``/dev/shm/shmarray.<name>.<nonce>.db<participant index>`` (0600), made by the
 waiter, opened read-write (so it never reads as end-of-file when a poster goes away) and
@@ -19,10 +20,9 @@ measures it in one run against a bare eventfd).
 
 Every await sleeps in slices of at most 100 ms against its deadline, and probes the peers'
 liveness between slices, exactly as the sync waits do; a cancelled await disarms on the way
-out, so nothing is left armed, leased or running. An await that was rung returns its result
-still armed (withdrawing costs time the woken coroutine is waiting for): the handle's next
-call withdraws it, or keeps it when that call has to wait again, and the slice timer withdraws
-it after at most one slice (100 ms) when no call comes.
+out, so nothing is left armed, leased or running. A ring consumes the announcement (the
+poster clears it before it writes, as a futex wake does), so a rung await has nothing to
+withdraw on its way back; one that wakes and finds nothing arms again before it sleeps.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ T = TypeVar("T")
 class Doorbell:
     """The FIFO one participant (a C handle) of a channel sleeps on, read by one loop."""
 
-    __slots__ = ("handle", "loop", "path", "fd", "waiter", "bufs", "armed", "tick",
-                 "tick_when", "busy")
+    __slots__ = ("handle", "loop", "path", "fd", "waiter", "bufs", "tick", "tick_when",
+                 "busy")
 
     def __init__(self, handle: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.handle = handle
@@ -65,8 +65,6 @@ class Doorbell:
         self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self.waiter: asyncio.Future[bool] | None = None
         self.bufs = [bytearray(256)]
-        #: bits 1 << direction this doorbell is armed for (in the channel too)
-        self.armed = 0
         #: the slice timer (see sleep_until) and when it fires (loop.time())
         self.tick: asyncio.TimerHandle | None = None
         self.tick_when = 0.0
@@ -106,25 +104,16 @@ class Doorbell:
 
     def _tick(self) -> None:
         self.tick = None
-        if self.waiter is None:  # no await sleeps: withdraw what the last wake left armed
-            self.disarm_all()
-        else:
-            _settle(self.waiter, False)
+        _settle(self.waiter, False)
 
     def arm(self, which: int) -> None:
-        """Announce that this participant waits on its FIFO for direction ``which`` (a no-op
-        while still armed since the last wake: every post since then has rung)."""
-        bit = 1 << which
-        if not self.armed & bit:
-            lib.shm_chan_arm_doorbell(self.handle.h, which)
-            self.armed |= bit
+        """Announce that this participant waits on its FIFO for direction ``which`` (the C
+        core keeps the handle's state: arming twice is one announcement)."""
+        lib.shm_chan_arm_doorbell(self.handle.h, which)
 
     def disarm(self, which: int) -> None:
         """Withdraw the announcement (a no-op when not armed)."""
-        bit = 1 << which
-        if self.armed & bit:
-            self.armed &= ~bit
-            lib.shm_chan_disarm_doorbell(self.handle.h, which)
+        lib.shm_chan_disarm_doorbell(self.handle.h, which)
 
     def disarm_all(self) -> None:
         for which in (lib.SHM_CHAN_WAIT_DATA, lib.SHM_CHAN_WAIT_SPACE):
@@ -207,9 +196,8 @@ async def await_op(attempt: Callable[[], T], awaiter: Awaiter, which: int,
     With ``failed``, ``attempt`` is a C step that returns an int status instead of raising,
     and ``failed(status)`` raises it (WouldBlockError included). ``between()`` runs after
     every 100 ms slice without a ring and returns the exception to raise (PeerDiedError) if
-    the next try still blocks. Raises ``on_timeout(False)`` at the deadline."""
-    door = awaiter.door
-    waits = False
+    the next try still blocks. Raises ``on_timeout(False)`` at the deadline. Returns with
+    nothing armed (a ring consumed the announcement, or it is withdrawn)."""
     try:
         got = attempt()
         if failed is not None and type(got) is int:
@@ -218,12 +206,6 @@ async def await_op(attempt: Callable[[], T], awaiter: Awaiter, which: int,
     except WouldBlockError:
         if timeout == 0:
             raise
-        waits = True
-    finally:
-        # withdraw what the last wake left armed, unless this call goes on to wait (and
-        # keeps it), or another task's await sleeps on it (see the RuntimeError below)
-        if not waits and door is not None and door.armed and not door.busy:
-            door.disarm(which)
     deadline = Deadline(timeout)
     door = awaiter.bell()
     if door.busy:
@@ -235,7 +217,7 @@ async def await_op(attempt: Callable[[], T], awaiter: Awaiter, which: int,
     loop = door.loop
     try:
         while True:
-            door.arm(which)  # a no-op while still armed since the last wake
+            door.arm(which)  # again after a ring: the ring consumed the announcement
             try:
                 try:
                     got = attempt()  # the re-check after arming: no ring can be missed
@@ -263,15 +245,14 @@ async def await_op(attempt: Callable[[], T], awaiter: Awaiter, which: int,
                 except WouldBlockError:
                     if gone is not None:
                         raise gone from None
-                    continue  # still armed: sleep again
+                    continue  # arm again and sleep
             except BaseException:  # a timeout, a peer's death, a cancellation: nothing armed
                 door.disarm(which)
                 raise
-            # rung: the result goes back at once, still armed (the module's docstring); the
-            # slice timer withdraws it if no call comes (it fired already if the wait ended
-            # with the slice: then one more)
-            if door.tick is None:
-                door.tick_at(loop.time() + SLICE)
+            if not woken:  # the slice ended the sleep: the announcement is still there
+                door.disarm(which)
+            # (rung: consumed by the ring; a ring left over from an earlier wait may have
+            # woken this one instead, leaving its announcement to the next post's one ring)
             return got
     finally:
         door.busy = False

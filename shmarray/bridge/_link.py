@@ -100,6 +100,7 @@ class Link:
         self.connected = 0
         self.handshake_failures = 0
         self.disconnects = 0
+        self.lost_since_handshake = 0  # disconnects counted since the last handshake
         self.ended = False  # the stream ended (see goodbye)
         self.last_event = ""
         self.lost_since: float | None = None  # monotonic time the last peer went away
@@ -186,13 +187,16 @@ class Link:
             event, where = int(ev["event"]), ev["endpoint"].decode("utf-8", "replace")
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.connected += 1
+                self.lost_since_handshake = 0
                 self.lost_since = None
                 text = f"connected {where}"
             elif event == zmq.EVENT_DISCONNECTED:
                 # a failed handshake also ends in a disconnect: count only real peers
                 if self.connected > 0:
                     self.connected -= 1
-                    self.disconnects += 0 if self.ended else 1
+                    if not self.ended:
+                        self.disconnects += 1
+                        self.lost_since_handshake += 1
                     if self.connected == 0:
                         self.lost_since = time.monotonic()
                 text = f"disconnected {where}"
@@ -203,15 +207,20 @@ class Link:
             self.last_event = text
             out.append(text)
 
-    def goodbye(self) -> None:
+    def goodbye(self) -> list[str]:
         """The peer's end of stream was read: its closing is no longer a lost link. A sender
         closes once its end of stream is out, and a back-pressured receiver reads that message
-        from its queue after seeing the close: a disconnect already counted with no peer left
-        is that goodbye, and so is one seen from now on."""
-        if not self.ended and self.connected == 0 and self.disconnects > 0:
+        from its queue after seeing the close: once the monitor is drained (so that the
+        sender's own handshake is counted), a disconnect counted since the last handshake with
+        no peer left is that goodbye, and so is one seen from now on. Returns the events
+        drained (as poll_events)."""
+        events = self.poll_events()
+        if not self.ended and self.connected == 0 and self.lost_since_handshake > 0:
             self.disconnects -= 1
+            self.lost_since_handshake -= 1
             self.lost_since = None
         self.ended = True
+        return events
 
     def close(self) -> None:
         """Close the socket (the sender's lingers up to its LINGER for queued messages), the

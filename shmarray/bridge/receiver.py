@@ -289,7 +289,8 @@ class Receiver(BridgeEnd):
         if h.kind == wire.END:
             self._end()
             if self._link is not None:
-                self._link.goodbye()
+                for text in self._link.goodbye():
+                    log.info("recv %s: %s", self.channel, text)
             self.state = "ended"
             log.info("recv %s: end of stream after %d frames", self.channel, self.frames)
             return True

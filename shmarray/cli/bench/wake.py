@@ -3,11 +3,12 @@ producer in another process publishes a frame (the ``wake`` rows of ``shmarray b
 ``benchmarks/bench_aio.py`` runs them alone).
 
 One producer process sends a 64-byte frame every ``interval`` seconds (1 ms: the consumer is
-asleep when each frame comes), through each method in turn, frame by frame, the order rotating
-by one every round (so that each method follows each other equally often), and one consumer
-process, in one event loop, waits for each frame the way it was sent. Every method therefore
-sees the same machine at the same moments: a drift of the VM's state (which moves the medians
-of runs minutes apart by 20 %) is shared instead of landing on one method. The latency of one
+asleep when each frame comes), through each method in turn, frame by frame, each round in a
+random order (seeded: the consumer draws the same; each method then comes after each other
+about equally often), and one consumer process, in one event loop, waits for each frame the
+way it was sent. Every method therefore sees the same machine at the same moments: a drift
+of the VM's state (which moves the medians of runs minutes apart by 20 %) is shared instead of
+landing on one method. The latency of one
 frame is the consumer's CLOCK_MONOTONIC when its code runs again minus the frame's commit
 timestamp (the same clock, taken by the producer just before it publishes); every method's
 wait is awaited directly in the measuring loop, so each resumes through the same frames.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -42,10 +44,13 @@ __all__ = ["METHODS", "BASELINE", "measure"]
 METHODS = ("eventfd (bare)", "shmarray.aio", "run_in_executor", "sync recv")
 BASELINE = "eventfd (bare)"
 
+#: the seed of the turns' order, which producer and consumer draw alike (_orders)
+SEED = 1729
+
 # argv: n (frames per method), interval, then one target per method: "fd:<eventfd>" or the
 # name of a channel. stdin: "go" starts it, "done" (or EOF) lets it exit.
 _PRODUCER = r"""
-import os, sys, time, numpy as np
+import os, random, sys, time, numpy as np
 n, interval, targets = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
 frame = np.zeros(8, np.int64)
 outs = []
@@ -60,16 +65,19 @@ for t in targets:
 sys.stdout.write("ready\n"); sys.stdout.flush()
 sys.stdin.readline()  # go
 next_t = time.monotonic() + interval
-for i in range(n * len(outs)):
-    while time.monotonic() < next_t:  # pace: sleep most of the interval, spin the rest
-        left = next_t - time.monotonic()
-        if left > 0.0003:
-            time.sleep(left - 0.0002)
-    next_t = max(next_t + interval, time.monotonic() + interval / 2)  # late: no burst
-    k = len(outs)
-    outs[(i + i // k) % k](i)  # turn i % k of round i // k: the order rotates every round
+rng, order, i = random.Random(SEED), list(range(len(outs))), 0
+for _ in range(n):
+    rng.shuffle(order)  # each round in its own order (the consumer draws the same)
+    for j in order:
+        while time.monotonic() < next_t:  # pace: sleep most of the interval, spin the rest
+            left = next_t - time.monotonic()
+            if left > 0.0003:
+                time.sleep(left - 0.0002)
+        next_t = max(next_t + interval, time.monotonic() + interval / 2)  # late: no burst
+        outs[j](i)
+        i += 1
 sys.stdin.readline()  # done (or the consumer is gone)
-"""
+""".replace("SEED", str(SEED))
 
 
 def _producer(targets: list[str], n: int, interval: float,
@@ -155,7 +163,7 @@ class _Eventfd:
         k = max(1, round(v / t))
         if k > 1:
             v //= k
-            self.early += [v] * (k - 1)
+            self.early[:0] = [v] * (k - 1)  # before any read after them
         return t - v
 
 
@@ -215,7 +223,12 @@ async def _run(methods: tuple[str, ...], n: int, interval: float,
             got[m] = []
         if not ways:
             return
-        prod = _producer(targets, n, interval, () if floor is None else (floor.fd,))
+        try:
+            prod = _producer(targets, n, interval, () if floor is None else (floor.fd,))
+        except Exception as exc:  # noqa: BLE001 - every record says so; the caller goes on
+            for m, _way in ways:
+                errors[m] = f"{type(exc).__name__}: {exc}"
+            return
         stack.callback(_finish, prod)
         if floor is not None:  # the producer's end (its stdout closing) ends a pending wait
             loop = asyncio.get_running_loop()
@@ -229,10 +242,11 @@ async def _run(methods: tuple[str, ...], n: int, interval: float,
             assert prod.stdin is not None
             prod.stdin.write("go\n")
             prod.stdin.flush()
-            k = len(ways)
-            for r in range(n):
-                for j in range(k):  # the producer's order: rotated by one every round
-                    m, (start, latency, awaited) = ways[(j + r) % k]
+            rng, order = random.Random(SEED), list(range(len(ways)))
+            for _ in range(n):
+                rng.shuffle(order)  # the producer's order, drawn alike
+                for j in order:
+                    m, (start, latency, awaited) = ways[j]
                     x = (await start()) if awaited else start()
                     t = now()
                     got[m].append(latency(x, t))
