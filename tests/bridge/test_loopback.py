@@ -4,13 +4,14 @@ or a producer killed, malformed messages, CURVE, backpressure, drop and block.""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -317,19 +318,31 @@ def test_curve_encrypts_and_refuses_unknown_senders(bridge: Any, name: str,
         dst.close()
 
 
+@contextlib.contextmanager
+def _stalled_link(bridge: Any, name: str, consumer: Any, n: int, frame_bytes: int,
+                  stall_at: int, stall_s: float) -> Iterator[tuple[Any, Any, Any]]:
+    """A sender and a receiver bridging ``name_s`` to ``name_d``, whose consumer stalls
+    ``stall_s`` seconds after its ``stall_at``-th frame; ``n`` frames of ``frame_bytes`` are
+    sent and the stream ended inside. Yields (rx, tx, consumer)."""
+    slot = f"{frame_bytes // KiB}KiB"
+    with shmarray.Channel.create(name + "_s", slot_bytes=frame_bytes, capacity=8) as src:
+        rx = bridge("recv", name + "_d", "tcp://127.0.0.1:*", "--slot-bytes", slot)
+        tx = bridge("send", name + "_s", rx.endpoint())
+        dst = shmarray.Channel.open(name + "_d", timeout=20)
+        con = consumer(dst, pause=lambda k: time.sleep(stall_s) if k == stall_at else None)
+        for i in range(n):
+            src.send(np.full(frame_bytes // 8, i, np.int64), tag=i, timeout=30)
+        src.end()
+        yield rx, tx, con
+        dst.close()
+
+
 def test_backpressure_keeps_the_link_and_loses_nothing(bridge: Any, name: str,
                                                        consumer: Any) -> None:
     """The consumer stalls 4.5 s, longer than a ZMTP heartbeat timeout of 3 s would allow a
     stream that is not being read: the link must stay up and lose nothing."""
     n = 60
-    with shmarray.Channel.create(name + "_s", slot_bytes=64 * KiB, capacity=8) as src:
-        rx = bridge("recv", name + "_d", "tcp://127.0.0.1:*", "--slot-bytes", "64KiB")
-        tx = bridge("send", name + "_s", rx.endpoint())
-        dst = shmarray.Channel.open(name + "_d", timeout=20)
-        con = consumer(dst, pause=lambda k: time.sleep(4.5) if k == 5 else None)
-        for i in range(n):
-            src.send(np.full(64 * KiB // 8, i, np.int64), tag=i, timeout=30)
-        src.end()
+    with _stalled_link(bridge, name, consumer, n, 64 * KiB, 5, 4.5) as (rx, tx, con):
         con.join()
         assert con.tags == list(range(n))
         rc, st = rx.finish()
@@ -337,7 +350,7 @@ def test_backpressure_keeps_the_link_and_loses_nothing(bridge: Any, name: str,
         assert st["waits"] > 0  # the receiver did wait on its full ring
         rc, st = tx.finish()
         assert rc == 0 and st["disconnects"] == 0, st
-        dst.close()
+
 
 def test_a_sender_that_ends_and_leaves_is_no_lost_link(bridge: Any, name: str,
                                                        consumer: Any) -> None:
@@ -346,14 +359,7 @@ def test_a_sender_that_ends_and_leaves_is_no_lost_link(bridge: Any, name: str,
     before it reads the end, and that goodbye is not a disconnect."""
     n = 10  # the consumer takes 1 and stalls, 8 fill the ring, the 10th waits for space:
     # the end of stream is then in ZeroMQ's queue (hwm 2) and the close behind it
-    with shmarray.Channel.create(name + "_s", slot_bytes=4 * KiB, capacity=8) as src:
-        rx = bridge("recv", name + "_d", "tcp://127.0.0.1:*", "--slot-bytes", "4KiB")
-        tx = bridge("send", name + "_s", rx.endpoint())
-        dst = shmarray.Channel.open(name + "_d", timeout=20)
-        con = consumer(dst, pause=lambda k: time.sleep(2.0) if k == 1 else None)
-        for i in range(n):
-            src.send(np.full(4 * KiB // 8, i, np.int64), tag=i, timeout=30)
-        src.end()
+    with _stalled_link(bridge, name, consumer, n, 4 * KiB, 1, 2.0) as (rx, tx, con):
         rc, st = tx.finish()  # the sender is gone before the consumer wakes
         assert rc == 0 and st["disconnects"] == 0, st
         con.join()
@@ -361,8 +367,6 @@ def test_a_sender_that_ends_and_leaves_is_no_lost_link(bridge: Any, name: str,
         rc, st = rx.finish()
         assert rc == 0 and st["disconnects"] == 0 and st["dropped"] == 0, st
         assert st["waits"] > 0  # it did wait on its full ring, with the sender gone
-        dst.close()
-
 
 
 @pytest.mark.parametrize("policy", ["drop", "block"])
